@@ -1,0 +1,59 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Thread-local last error: errno plus a one-line message, read with rb_errmsg.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+static __thread char errmsg[512];
+static __thread int errnum;
+
+/* Record errno err and a formatted one-line message; sets errno; returns -1. */
+int
+rb_error (int err, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (errmsg, sizeof errmsg, fmt, ap);
+  va_end (ap);
+  errnum = err;
+  errno = err;
+  return -1;
+}
+
+/* Like rb_error, appending ": strerror(err)". */
+int
+rb_error_errno (int err, const char *fmt, ...)
+{
+  va_list ap;
+  size_t len;
+
+  va_start (ap, fmt);
+  vsnprintf (errmsg, sizeof errmsg, fmt, ap);
+  va_end (ap);
+  len = strlen (errmsg);
+  if (len < sizeof errmsg)
+    snprintf (errmsg + len, sizeof errmsg - len, ": %s", strerror (err));
+  errnum = err;
+  errno = err;
+  return -1;
+}
+
+/* Returns the message of this thread's last error ("" if none). */
+const char *
+rb_errmsg (void)
+{
+  return errmsg;
+}
+
+int
+rb_errno (void)
+{
+  return errnum;
+}

@@ -1,0 +1,219 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * The public API of the qcow2 engine: everything plugin/, utils/ and rpc/ may call.
+ */
+#ifndef RBLOCK_H
+#define RBLOCK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RB_VERSION_STRING PACKAGE_VERSION
+
+struct rb_image;
+
+/* ---- errors ----
+ * Every function returning int returns 0 (or a count) on success, -1 on error.
+ * On error errno is set and a one-line message is recorded for this thread.
+ * Corrupt metadata: EIO, message starts "corrupt image:".
+ * Unsupported feature: ENOTSUP, message names the feature.
+ */
+const char *rb_errmsg (void);      /* last error message of this thread ("" if none) */
+int rb_errno (void);               /* errno that went with it */
+
+/* ---- open / close ---- */
+#define RB_OPEN_RDONLY    0x1      /* never write to the image */
+#define RB_OPEN_NO_LOCK   0x2      /* do not take QEMU-compatible OFD locks */
+#define RB_OPEN_NO_BACKING 0x4     /* do not open the backing chain (reads of
+                                      unallocated clusters see zeros) */
+
+struct rb_open_opts {
+  unsigned flags;                  /* RB_OPEN_* */
+  uint64_t cache_size;             /* bytes of L2/refcount cache; 0 = default (32 MiB) */
+  unsigned max_chain_depth;        /* 0 = default (32) */
+};
+
+/* Open a qcow2 image (and its backing chain).  opts may be NULL.
+ * Returns NULL on error (rb_errmsg says why).  A raw file is refused with
+ * ENOTSUP ("not a qcow2 image").
+ */
+struct rb_image *rb_open (const char *path, const struct rb_open_opts *opts);
+
+/* Write back dirty metadata, release locks, close the chain.  Returns -1 if
+ * the final write-back failed (the image is still closed).
+ */
+int rb_close (struct rb_image *img);
+
+/* ---- geometry ---- */
+uint64_t rb_get_size (const struct rb_image *img);      /* virtual size, bytes */
+uint32_t rb_get_cluster_size (const struct rb_image *img);
+bool rb_is_readonly (const struct rb_image *img);
+
+/* ---- guest I/O (thread-safe; any number of threads) ---- */
+#define RB_FUA        0x1          /* durable before return */
+#define RB_MAY_TRIM   0x2          /* zero: clusters may be deallocated */
+#define RB_FAST_ZERO  0x4          /* zero: fail with ENOTSUP if it would be slow */
+
+int rb_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t offset);
+int rb_pwrite (struct rb_image *img, const void *buf, uint64_t count,
+               uint64_t offset, unsigned flags);
+int rb_zero (struct rb_image *img, uint64_t count, uint64_t offset,
+             unsigned flags);
+int rb_trim (struct rb_image *img, uint64_t count, uint64_t offset,
+             unsigned flags);
+int rb_flush (struct rb_image *img);
+
+/* ---- extents / mapping ---- */
+#define RB_EXTENT_HOLE  0x1        /* as NBD_STATE_HOLE: not allocated anywhere in the chain */
+#define RB_EXTENT_ZERO  0x2        /* as NBD_STATE_ZERO: reads as zeros */
+
+/* Called for consecutive extents covering [offset, offset+count) (the last
+ * may end at the image end).  Return 0 to go on, -1 to stop (rb_extents then
+ * returns -1 with errno as left by the callback).
+ */
+typedef int (*rb_extent_fn) (void *opaque, uint64_t offset, uint64_t length,
+                             uint32_t type);
+int rb_extents (struct rb_image *img, uint64_t count, uint64_t offset,
+                rb_extent_fn fn, void *opaque);
+
+enum rb_cluster_type {
+  RB_CLUSTER_UNALLOCATED = 0,      /* reads from backing (or zeros) */
+  RB_CLUSTER_DATA,                 /* normal allocated cluster */
+  RB_CLUSTER_ZERO,                 /* zero flag (v3) or zero subcluster */
+  RB_CLUSTER_COMPRESSED,
+  RB_CLUSTER_BACKING,              /* unallocated here, data in the chain below */
+};
+const char *rb_cluster_type_name (enum rb_cluster_type t);
+
+/* How one guest offset is mapped: the seed's worked example as data. */
+struct rb_mapping {
+  uint64_t guest_offset;
+  uint64_t guest_cluster;
+  uint64_t l1_index;
+  uint64_t l2_index;
+  uint64_t l2_table_offset;        /* 0 if no L2 table */
+  uint64_t l2_entry;               /* raw entry (first 64 bits) */
+  uint64_t l2_bitmap;              /* extended L2 bitmap, 0 otherwise */
+  int subcluster;                  /* index within cluster, -1 if not extended L2 */
+  enum rb_cluster_type type;
+  uint64_t host_cluster_offset;    /* 0 unless DATA/COMPRESSED (compressed: start of the data) */
+  uint64_t host_offset;            /* host byte for guest_offset (DATA only), else 0 */
+  uint64_t compressed_size;        /* COMPRESSED only */
+  uint64_t refcount_table_index;   /* for host_cluster_offset */
+  uint64_t refcount_block_index;
+  uint64_t refcount;               /* of the host cluster, 0 if none */
+  unsigned backing_depth;          /* BACKING: 1 = direct backing file, ... */
+};
+int rb_lookup (struct rb_image *img, uint64_t guest_offset, struct rb_mapping *m);
+
+/* ---- information ---- */
+#define RB_MAX_CHAIN 64
+
+struct rb_snapshot_info {
+  char id[64];
+  char name[256];
+  uint64_t vm_state_size;
+  uint64_t disk_size;              /* 0 if not recorded */
+  uint64_t date_sec;
+  uint32_t date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t l1_table_offset;
+  uint32_t l1_size;
+};
+
+struct rb_info {
+  uint32_t version;                /* 2 or 3 */
+  uint64_t virtual_size;
+  uint32_t cluster_bits;
+  uint32_t cluster_size;
+  uint32_t refcount_bits;
+  uint32_t header_length;
+  uint64_t l1_table_offset;
+  uint32_t l1_size;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint32_t nb_snapshots;
+  uint64_t snapshots_offset;
+  uint64_t incompatible_features;
+  uint64_t compatible_features;
+  uint64_t autoclear_features;
+  uint32_t compression_type;       /* 0 zlib (deflate), 1 zstd */
+  bool extended_l2;
+  bool lazy_refcounts;
+  bool dirty;
+  bool corrupt;
+  uint64_t file_size;              /* host file size, bytes */
+  char backing_file[1024];         /* as stored, "" if none */
+  char backing_format[64];         /* "" if not recorded */
+  unsigned chain_depth;            /* number of backing images opened below */
+  struct {
+    char path[4096];               /* resolved path */
+    char format[16];               /* "qcow2" or "raw" */
+    uint64_t virtual_size;
+  } chain[RB_MAX_CHAIN];
+  unsigned nr_extensions;
+  struct {
+    uint32_t type;
+    uint32_t length;
+  } extensions[32];
+  unsigned nr_snapshots;           /* filled up to 64 */
+  struct rb_snapshot_info snapshots[64];
+};
+int rb_get_info (struct rb_image *img, struct rb_info *info);
+
+/* Name of feature bit `bit` of group 0 (incompatible), 1 (compatible), 2
+ * (autoclear); from the image's feature table, or the known names.
+ * Returns NULL if unknown.
+ */
+const char *rb_feature_name (struct rb_image *img, int group, int bit);
+
+/* ---- check ---- */
+struct rb_check_result {
+  uint64_t corruptions;
+  uint64_t leaks;
+  uint64_t check_errors;
+  uint64_t allocated_clusters;     /* data clusters referenced by the active L1 */
+  uint64_t total_clusters;         /* virtual size in clusters */
+  uint64_t image_end_offset;
+  uint64_t leaks_fixed;
+  uint64_t corruptions_fixed;
+};
+#define RB_CHECK_REPAIR_LEAKS 0x1
+int rb_check (struct rb_image *img, struct rb_check_result *res, unsigned flags);
+
+/* ---- statistics ---- */
+struct rb_stats {
+  uint64_t reads, read_bytes;
+  uint64_t writes, write_bytes;
+  uint64_t zeros, zero_bytes;
+  uint64_t trims, trim_bytes;
+  uint64_t flushes;
+  uint64_t extents_calls;
+  uint64_t clusters_allocated;
+  uint64_t cache_hits, cache_misses;
+};
+void rb_get_stats (struct rb_image *img, struct rb_stats *st);
+
+/* ---- create ---- */
+struct rb_create_opts {
+  uint64_t size;                   /* virtual size, bytes */
+  uint32_t cluster_size;           /* 0 = 65536 */
+  uint32_t version;                /* 2 (compat 0.10) or 3 (1.1); 0 = 3 */
+  uint32_t refcount_bits;          /* 0 = 16 */
+  uint32_t compression_type;       /* 0 zlib, 1 zstd */
+  bool extended_l2;
+  const char *backing_file;        /* stored as given; NULL for none */
+  const char *backing_format;      /* "raw"/"qcow2"; NULL = not recorded */
+};
+/* Create an empty image at path (O_EXCL unless overwrite).  Returns 0 / -1. */
+int rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RBLOCK_H */
