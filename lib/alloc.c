@@ -1,0 +1,145 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Cluster allocator over the refcounts (free-run search from a hint) and deferred freeing.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* Find nr consecutive free clusters starting the search at the hint.
+ * Clusters that no refcount block covers are free.  Returns the first
+ * cluster index in *start.
+ */
+static int
+find_free_run (struct rb_image *img, uint64_t nr, uint64_t *start)
+{
+  uint64_t c = MAX (img->free_hint, 1), run = 0, rc;
+  uint64_t end_cluster = DIV_ROUND_UP (img->file_size, img->cluster_size);
+
+  for (;;) {
+    if (c >= end_cluster && (c >> img->refblock_bits) >= img->reftable_entries) {
+      /* Past the file and past every block: all free from here. */
+      *start = c - run;
+      return 0;
+    }
+    if (refcount_get (img, c, &rc) == -1)
+      return -1;
+    if (rc == 0) {
+      run++;
+      if (run == nr) {
+        *start = c - nr + 1;
+        return 0;
+      }
+    }
+    else
+      run = 0;
+    c++;
+  }
+}
+
+/* Allocate nr contiguous clusters, each with refcount 1.  Returns the host
+ * offset of the first, or -1.  The refcounts are only in the cache: the
+ * write-back order of flush.c makes them durable before any L2 entry that
+ * points at them (invariant 1).
+ */
+int64_t
+alloc_clusters (struct rb_image *img, uint64_t nr)
+{
+  uint64_t start, c;
+  bool created;
+
+ again:
+  if (find_free_run (img, nr, &start) == -1)
+    return -1;
+  for (c = start; c < start + nr; c++) {
+    if (refcount_ensure_block (img, c, &created) == -1)
+      return -1;
+    if (created)
+      goto again;               /* a new block or table may sit in the run */
+  }
+  for (c = start; c < start + nr; c++)
+    if (refcount_update (img, c, 1) == -1)
+      return -1;                /* leaves a leak at worst */
+  if (img->free_hint == start)
+    img->free_hint = start + nr;
+  img->file_size = MAX (img->file_size, (start + nr) << img->cluster_bits);
+  img->stats.clusters_allocated += nr;
+  return (int64_t) (start << img->cluster_bits);
+}
+
+/* Queue the release of nr clusters at host_offset.  The caller has already
+ * cleared (in the cache) every pointer to them; the refcounts drop only
+ * after those pointers are durable (invariant 4), in apply_deferred_frees.
+ */
+int
+free_clusters_deferred (struct rb_image *img, uint64_t host_offset, uint64_t nr)
+{
+  if (img->nr_frees == img->frees_alloc) {
+    size_t n = img->frees_alloc ? img->frees_alloc * 2 : 64;
+    struct deferred_free *f = realloc (img->frees, n * sizeof *f);
+    if (!f)
+      return rb_error (ENOMEM, "out of memory");
+    img->frees = f;
+    img->frees_alloc = n;
+  }
+  /* Merge with the previous run when contiguous. */
+  if (img->nr_frees > 0) {
+    struct deferred_free *p = &img->frees[img->nr_frees - 1];
+    if (p->host_offset + (p->nr << img->cluster_bits) == host_offset) {
+      p->nr += nr;
+      return 0;
+    }
+  }
+  img->frees[img->nr_frees].host_offset = host_offset;
+  img->frees[img->nr_frees].nr = nr;
+  img->nr_frees++;
+  return 0;
+}
+
+/* Queue the release of the host clusters a compressed entry touches. */
+int
+free_compressed_deferred (struct rb_image *img, uint64_t l2_entry)
+{
+  struct l2_info info;
+  uint64_t first, last;
+
+  if (l2_decode (img, l2_entry, &info) == -1)
+    return -1;
+  first = info.host_offset >> img->cluster_bits;
+  last = (info.host_offset + info.compressed_size - 1) >> img->cluster_bits;
+  for (; first <= last; first++)
+    if (free_clusters_deferred (img, first << img->cluster_bits, 1) == -1)
+      return -1;
+  return 0;
+}
+
+/* Drop the refcounts of every queued free.  Called by flush after the
+ * pointer changes are durable, with io_lock held exclusively.
+ */
+int
+apply_deferred_frees (struct rb_image *img)
+{
+  size_t i;
+  uint64_t c;
+
+  for (i = 0; i < img->nr_frees; i++) {
+    struct deferred_free *f = &img->frees[i];
+    for (c = 0; c < f->nr; c++) {
+      uint64_t ci = (f->host_offset >> img->cluster_bits) + c;
+      cache_discard (img->l2_cache, ci << img->cluster_bits);
+      if (refcount_update (img, ci, -1) == -1) {
+        /* Keep what is left queued. */
+        f->host_offset += c << img->cluster_bits;
+        f->nr -= c;
+        memmove (img->frees, f, (img->nr_frees - i) * sizeof *f);
+        img->nr_frees -= i;
+        return -1;
+      }
+    }
+  }
+  img->nr_frees = 0;
+  return 0;
+}

@@ -1,0 +1,133 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Metadata write-back in crash-safe order, first-write preparation and the corrupt bit.
+ *
+ * Crash-safety invariants (cited in the code as "invariant N"):
+ * 1. A cluster's refcount is raised and durable before any L1/L2 entry points at it.
+ *    (alloc.c raises refcounts in the refcount cache; cache.c writes refcount
+ *    blocks and syncs before it writes any L2 table; flush_metadata below
+ *    writes refcount blocks, syncs, then L2 tables.)
+ * 2. Guest data (including copy-on-write head/tail) is written before the L2
+ *    entry that exposes it.  (write.c writes data before changing the cached
+ *    L2 entry; a sync precedes every L2 table write.)
+ * 3. A new L2 table is written before the L1 entry that points at it; a new L1
+ *    or refcount table before the header field that points at it.  (L1 entries
+ *    are written last here, after a sync; refcount.c syncs new blocks and tables
+ *    before pointing at them.)
+ * 4. When freeing, the pointer is cleared and written before the refcount drops.
+ *    A crash may leak clusters, never leave a pointer to a free cluster.
+ *    (alloc.c queues frees; rb_flush applies them after flush_metadata.)
+ * 5. A cluster is overwritten in place only if its refcount is exactly 1
+ *    (QCOW_OFLAG_COPIED agrees); otherwise allocate and copy.  (write.c)
+ * 6. An fdatasync separates a stage from the next one that depends on it; flush
+ *    and FUA end with fdatasync.
+ * 7. Unknown incompatible bits: refuse to open.  Unknown autoclear bits: clear
+ *    before the first write.  Corrupt bit: read-only.  Dirty bit: refuse a
+ *    writable open (header.c, image.c, prepare_first_write below).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* Remember that L1 entry l1_index must be written at the next flush. */
+int
+mark_dirty_l1 (struct rb_image *img, uint64_t l1_index)
+{
+  img->l1_dirty[l1_index / 64] = 1;
+  img->l1_any_dirty = true;
+  return 0;
+}
+
+/* Write the dirty 512-byte sectors of the L1 table. */
+static int
+write_l1 (struct rb_image *img)
+{
+  uint64_t s, nr_sectors = DIV_ROUND_UP ((uint64_t) img->l1_size, 64);
+  uint8_t buf[512];
+
+  for (s = 0; s < nr_sectors; s++) {
+    uint64_t i, n;
+    if (!img->l1_dirty[s])
+      continue;
+    n = MIN (64, img->l1_size - s * 64);
+    for (i = 0; i < n; i++)
+      put_be64 (buf + i * 8, img->l1[s * 64 + i]);
+    if (full_pwrite (img->fd, buf, n * 8, img->l1_table_offset + s * 512) == -1)
+      return -1;
+    img->l1_dirty[s] = 0;
+  }
+  img->l1_any_dirty = false;
+  return 0;
+}
+
+/* Write back everything dirty in dependency order, ending with a sync
+ * (invariants 1, 2, 3, 6).  Called under meta_lock.  Returns 0 / -1.
+ */
+int
+flush_metadata (struct rb_image *img)
+{
+  if (img->readonly)
+    return 0;
+  if (cache_write_back (img->rb_cache) == -1)
+    return -1;
+  if (cache_has_dirty (img->l2_cache)) {
+    if (file_sync (img->fd) == -1)
+      return -1;
+    img->data_unsynced = false;
+    if (cache_write_back (img->l2_cache) == -1)
+      return -1;
+  }
+  if (img->l1_any_dirty) {
+    if (file_sync (img->fd) == -1)
+      return -1;
+    if (write_l1 (img) == -1)
+      return -1;
+  }
+  if (file_sync (img->fd) == -1)
+    return -1;
+  img->data_unsynced = false;
+  return 0;
+}
+
+/* Before the first write: clear the autoclear bits we do not maintain
+ * (invariant 7), durably.  Under meta_lock.
+ */
+int
+prepare_first_write (struct rb_image *img)
+{
+  if (img->first_write_done)
+    return 0;
+  if (img->autoclear_features != 0) {
+    img->autoclear_features = 0;
+    if (header_update_features (img) == -1 || file_sync (img->fd) == -1)
+      return -1;
+  }
+  img->first_write_done = true;
+  return 0;
+}
+
+/* Record corrupt metadata: EIO with "corrupt image: ..." and no more writes
+ * this session; on a writable image also set the corrupt bit (best effort).
+ * Returns -1.
+ */
+int
+mark_corrupt (struct rb_image *img, const char *fmt, ...)
+{
+  char msg[400];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  if (!img->readonly && !img->corrupt && img->version >= 3) {
+    img->incompatible_features |= QCOW_INCOMPAT_CORRUPT;
+    if (header_update_features (img) == 0)
+      file_sync (img->fd);
+  }
+  img->corrupt = true;
+  return rb_error (EIO, "corrupt image: %s: %s", img->path, msg);
+}

@@ -1,0 +1,321 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Opening and closing images and chains, geometry, information and statistics.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define DEFAULT_CACHE_SIZE (32ULL << 20)
+#define DEFAULT_CHAIN_DEPTH 32
+
+struct chain_ids {
+  unsigned n;
+  dev_t dev[RB_MAX_CHAIN + 2];
+  ino_t ino[RB_MAX_CHAIN + 2];
+};
+
+static void image_free (struct rb_image *img);
+
+/* Read the active L1 table and the refcount table into memory. */
+static int
+read_tables (struct rb_image *img)
+{
+  CLEANUP_FREE uint8_t *buf = NULL;
+  uint64_t i, bytes;
+
+  img->l1 = calloc (MAX (img->l1_size, 1), 8);
+  img->l1_dirty = calloc (DIV_ROUND_UP ((uint64_t) img->l1_size, 64) + 1, 1);
+  bytes = (uint64_t) img->refcount_table_clusters * img->cluster_size;
+  img->reftable_entries = bytes / 8;
+  img->reftable = calloc (img->reftable_entries, 8);
+  buf = malloc (MAX ((uint64_t) img->l1_size * 8, bytes));
+  if (!img->l1 || !img->l1_dirty || !img->reftable || !buf)
+    return rb_error (ENOMEM, "out of memory reading the L1 and refcount tables");
+  if (img->l1_size > 0) {
+    if (full_pread (img->fd, buf, (uint64_t) img->l1_size * 8, img->l1_table_offset) == -1)
+      return -1;
+    for (i = 0; i < img->l1_size; i++) {
+      img->l1[i] = get_be64 (buf + i * 8);
+      if (img->l1[i] & L1E_RESERVED_MASK)
+        return rb_error (EIO, "corrupt image: L1 entry %" PRIu64 " has reserved bits set (%#" PRIx64 ")",
+                         i, img->l1[i]);
+    }
+  }
+  if (full_pread (img->fd, buf, bytes, img->refcount_table_offset) == -1)
+    return -1;
+  for (i = 0; i < img->reftable_entries; i++)
+    img->reftable[i] = get_be64 (buf + i * 8);
+  return 0;
+}
+
+/* Open path as a qcow2 image (or raw, for a backing file) at chain depth
+ * depth.  Returns the image or NULL with the error recorded.
+ */
+struct rb_image *
+image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
+            bool force_raw, struct chain_ids *ids)
+{
+  unsigned flags = opts ? opts->flags : 0;
+  unsigned max_depth = opts && opts->max_chain_depth ? opts->max_chain_depth : DEFAULT_CHAIN_DEPTH;
+  uint64_t cache_size = opts && opts->cache_size ? opts->cache_size : DEFAULT_CACHE_SIZE;
+  struct rb_image *img;
+  pthread_rwlockattr_t attr;
+  struct stat st;
+  char *tmp;
+  unsigned i;
+
+  if (depth > max_depth || depth > RB_MAX_CHAIN) {
+    rb_error (ELOOP, "backing chain too deep (more than %u images below %s)",
+              MIN (max_depth, RB_MAX_CHAIN), path);
+    return NULL;
+  }
+  img = calloc (1, sizeof *img);
+  if (!img) {
+    rb_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  img->fd = -1;
+  img->depth = depth;
+  img->readonly = depth > 0 || (flags & RB_OPEN_RDONLY);
+  pthread_rwlockattr_init (&attr);
+  pthread_rwlockattr_setkind_np (&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&img->io_lock, &attr);
+  pthread_rwlockattr_destroy (&attr);
+  pthread_mutex_init (&img->meta_lock, NULL);
+  pthread_mutex_init (&img->stats_lock, NULL);
+
+  img->path = strdup (path);
+  tmp = strdup (path);
+  if (!img->path || !tmp) {
+    free (tmp);
+    rb_error (ENOMEM, "out of memory");
+    goto err;
+  }
+  img->dir = strdup (dirname (tmp));
+  free (tmp);
+  if (!img->dir) {
+    rb_error (ENOMEM, "out of memory");
+    goto err;
+  }
+
+  img->fd = open (path, (img->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (img->fd == -1) {
+    rb_error_errno (errno, "%s%s", depth ? "backing file " : "", path);
+    goto err;
+  }
+  if (fstat (img->fd, &st) == -1) {
+    rb_error_errno (errno, "%s", path);
+    goto err;
+  }
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
+    rb_error (EINVAL, "%s: not a regular file or block device", path);
+    goto err;
+  }
+  for (i = 0; i < ids->n; i++)
+    if (ids->dev[i] == st.st_dev && ids->ino[i] == st.st_ino) {
+      rb_error (ELOOP, "backing chain loop: %s is already in the chain", path);
+      goto err;
+    }
+  ids->dev[ids->n] = st.st_dev;
+  ids->ino[ids->n] = st.st_ino;
+  ids->n++;
+
+  if (force_raw) {
+    img->is_raw = true;
+    if (file_size (img->fd, &img->size) == -1)
+      goto err;
+    img->file_size = img->size;
+    return img;
+  }
+
+  if (header_read (img) == -1) {
+    if (depth > 0) {
+      char msg[600];
+      snprintf (msg, sizeof msg, "backing file %s: %s", path, rb_errmsg ());
+      rb_error (rb_errno (), "%s", msg);
+    }
+    goto err;
+  }
+  if (img->incompatible_features & QCOW_INCOMPAT_CORRUPT)
+    img->readonly = true;       /* invariant 7: corrupt bit means read-only */
+  if (!img->readonly && (img->incompatible_features & QCOW_INCOMPAT_DIRTY)) {
+    rb_error (ENOTSUP, "%s: image is dirty (lazy refcounts after an unclean shutdown): "
+              "repair it with 'qemu-img check -r all' or open it read-only", path);
+    goto err;
+  }
+  if (snapshots_read (img) == -1 || read_tables (img) == -1)
+    goto err;
+
+  {
+    uint64_t nr = cache_size / img->cluster_size;
+    uint64_t nr_l2 = MIN (MAX (nr * 3 / 4, 16), 65536);
+    uint64_t nr_rb = MIN (MAX (nr / 4, 16), 65536);
+    img->l2_cache = cache_new (img, "L2", nr_l2);
+    img->rb_cache = cache_new (img, "refcount", nr_rb);
+    if (!img->l2_cache || !img->rb_cache)
+      goto err;
+  }
+
+  if (!(flags & RB_OPEN_NO_LOCK) && image_lock_file (img, !img->readonly) == -1)
+    goto err;
+  if (!(flags & RB_OPEN_NO_BACKING) && backing_open (img, opts, ids) == -1)
+    goto err;
+  return img;
+
+ err:
+  image_free (img);
+  return NULL;
+}
+
+struct rb_image *
+rb_open (const char *path, const struct rb_open_opts *opts)
+{
+  struct chain_ids ids = { .n = 0 };
+
+  return image_open (path, opts, 0, false, &ids);
+}
+
+static void
+image_free (struct rb_image *img)
+{
+  if (!img)
+    return;
+  if (img->backing)
+    image_free (img->backing);
+  if (img->fd >= 0)
+    close (img->fd);
+  cache_free (img->l2_cache);
+  cache_free (img->rb_cache);
+  header_free (img);
+  free (img->l1);
+  free (img->l1_dirty);
+  free (img->reftable);
+  free (img->frees);
+  free (img->path);
+  free (img->dir);
+  pthread_rwlock_destroy (&img->io_lock);
+  pthread_mutex_destroy (&img->meta_lock);
+  pthread_mutex_destroy (&img->stats_lock);
+  free (img);
+}
+
+/* Flush twice (the second writes the refcounts the first released), close. */
+int
+rb_close (struct rb_image *img)
+{
+  int r = 0;
+
+  if (!img)
+    return 0;
+  if (!img->readonly && !img->corrupt && !img->is_raw) {
+    if (rb_flush (img) == -1 || rb_flush (img) == -1)
+      r = -1;
+  }
+  image_free (img);
+  return r;
+}
+
+uint64_t
+rb_get_size (const struct rb_image *img)
+{
+  return img->size;
+}
+
+uint32_t
+rb_get_cluster_size (const struct rb_image *img)
+{
+  return img->is_raw ? 512 : img->cluster_size;
+}
+
+bool
+rb_is_readonly (const struct rb_image *img)
+{
+  return img->readonly;
+}
+
+void
+rb_get_stats (struct rb_image *img, struct rb_stats *st)
+{
+  pthread_mutex_lock (&img->stats_lock);
+  *st = img->stats;
+  pthread_mutex_unlock (&img->stats_lock);
+  pthread_mutex_lock (&img->meta_lock);
+  st->clusters_allocated = img->stats.clusters_allocated;
+  st->cache_hits = img->stats.cache_hits;
+  st->cache_misses = img->stats.cache_misses;
+  pthread_mutex_unlock (&img->meta_lock);
+}
+
+int
+rb_get_info (struct rb_image *img, struct rb_info *info)
+{
+  struct rb_image *b;
+  unsigned i;
+
+  memset (info, 0, sizeof *info);
+  if (img->is_raw)
+    return rb_error (EINVAL, "not a qcow2 image");
+  pthread_mutex_lock (&img->meta_lock);
+  info->version = img->version;
+  info->virtual_size = img->size;
+  info->cluster_bits = img->cluster_bits;
+  info->cluster_size = img->cluster_size;
+  info->refcount_bits = img->refcount_bits;
+  info->header_length = img->header_length;
+  info->l1_table_offset = img->l1_table_offset;
+  info->l1_size = img->l1_size;
+  info->refcount_table_offset = img->refcount_table_offset;
+  info->refcount_table_clusters = img->refcount_table_clusters;
+  info->nb_snapshots = img->nb_snapshots;
+  info->snapshots_offset = img->snapshots_offset;
+  info->incompatible_features = img->incompatible_features;
+  info->compatible_features = img->compatible_features;
+  info->autoclear_features = img->autoclear_features;
+  info->compression_type = img->compression_type;
+  info->extended_l2 = img->extended_l2;
+  info->lazy_refcounts = img->compatible_features & QCOW_COMPAT_LAZY_REFCOUNTS;
+  info->dirty = img->incompatible_features & QCOW_INCOMPAT_DIRTY;
+  info->corrupt = (img->incompatible_features & QCOW_INCOMPAT_CORRUPT) || img->corrupt;
+  info->file_size = img->file_size;
+  if (img->backing_file)
+    snprintf (info->backing_file, sizeof info->backing_file, "%s", img->backing_file);
+  if (img->backing_format)
+    snprintf (info->backing_format, sizeof info->backing_format, "%s", img->backing_format);
+  for (i = 0; i < img->nr_exts && i < 32; i++) {
+    info->extensions[i].type = img->exts[i].type;
+    info->extensions[i].length = img->exts[i].length;
+  }
+  info->nr_extensions = i;
+  for (i = 0; i < img->nb_snapshots && i < 64; i++) {
+    struct rb_snapshot_info *s = &info->snapshots[i];
+    snprintf (s->id, sizeof s->id, "%s", img->snapshots[i].id);
+    snprintf (s->name, sizeof s->name, "%s", img->snapshots[i].name);
+    s->vm_state_size = img->snapshots[i].vm_state_size_large;
+    s->disk_size = img->snapshots[i].disk_size;
+    s->date_sec = img->snapshots[i].date_sec;
+    s->date_nsec = img->snapshots[i].date_nsec;
+    s->vm_clock_nsec = img->snapshots[i].vm_clock_nsec;
+    s->l1_table_offset = img->snapshots[i].l1_table_offset;
+    s->l1_size = img->snapshots[i].l1_size;
+  }
+  info->nr_snapshots = i;
+  pthread_mutex_unlock (&img->meta_lock);
+  for (b = img->backing, i = 0; b && i < RB_MAX_CHAIN; b = b->backing, i++) {
+    snprintf (info->chain[i].path, sizeof info->chain[i].path, "%s", b->path);
+    snprintf (info->chain[i].format, sizeof info->chain[i].format, "%s",
+              b->is_raw ? "raw" : "qcow2");
+    info->chain[i].virtual_size = b->size;
+  }
+  info->chain_depth = i;
+  return 0;
+}

@@ -1,0 +1,232 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Engine internals shared by the lib/ modules: the image structure and module interfaces.
+ */
+#ifndef RBLOCK_INTERNAL_H
+#define RBLOCK_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "rblock.h"
+#include "format.h"
+#include "util.h"
+
+/* ---- errors.c ---- */
+int rb_error (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
+int rb_error_errno (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
+
+/* ---- fileio.c ---- */
+int full_pread (int fd, void *buf, size_t count, uint64_t offset);
+int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset);
+int file_sync (int fd);
+int file_size (int fd, uint64_t *size);   /* regular file or block device */
+
+/* ---- cache.c: bounded LRU of cluster-sized tables keyed by host offset ----
+ * All calls are made under the image's meta_lock.
+ */
+struct cache;
+struct cache_entry;
+struct cache *cache_new (struct rb_image *img, const char *name, size_t nr_entries);
+void cache_free (struct cache *c);
+/* Get the table at host_offset, reading it unless `fresh` (then zeroed).
+ * The returned pointer stays valid until cache_put.  NULL on error.
+ */
+void *cache_get (struct cache *c, uint64_t host_offset, bool fresh);
+void cache_put (struct cache *c, uint64_t host_offset);
+void cache_mark_dirty (struct cache *c, uint64_t host_offset);
+/* Write every dirty table (no sync).  Returns 0 / -1. */
+int cache_write_back (struct cache *c);
+bool cache_has_dirty (struct cache *c);
+/* Drop a table (e.g. freed L2 cluster) without writing it. */
+void cache_discard (struct cache *c, uint64_t host_offset);
+
+/* ---- header.c ---- */
+struct extension {
+  uint32_t type;
+  uint32_t length;
+  uint8_t *data;
+};
+struct feature_name {
+  uint8_t group, bit;
+  char name[47];
+};
+struct snapshot {
+  uint64_t l1_table_offset;
+  uint32_t l1_size;
+  char *id, *name;
+  uint32_t date_sec, date_nsec;
+  uint64_t vm_clock_nsec;
+  uint32_t vm_state_size;
+  uint64_t vm_state_size_large, disk_size;
+};
+
+int header_read (struct rb_image *img);
+int header_write (struct rb_image *img);           /* rewrite header cluster fields */
+int header_update_features (struct rb_image *img); /* write the three feature words */
+int snapshots_read (struct rb_image *img);
+void header_free (struct rb_image *img);
+
+/* ---- refcount.c ---- */
+int refcount_get (struct rb_image *img, uint64_t cluster_index, uint64_t *refcount);
+int refcount_update (struct rb_image *img, uint64_t cluster_index, int64_t delta);
+/* Make sure refcount block for cluster_index exists (may grow the table). */
+int refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *created);
+
+/* ---- alloc.c ---- */
+/* Allocate nr contiguous clusters with refcount 1; returns host offset or -1. */
+int64_t alloc_clusters (struct rb_image *img, uint64_t nr);
+/* Allocate count bytes (<= cluster size) possibly sharing a cluster (compressed data). */
+/* Queue a refcount decrement to run after the pointer change is durable (invariant 4). */
+int free_clusters_deferred (struct rb_image *img, uint64_t host_offset, uint64_t nr);
+int free_compressed_deferred (struct rb_image *img, uint64_t l2_entry);
+int apply_deferred_frees (struct rb_image *img);
+
+/* ---- l2.c ---- */
+enum l2_kind { L2_UNALLOC, L2_DATA, L2_ZERO_PLAIN, L2_ZERO_ALLOC, L2_COMPRESSED };
+struct l2_info {
+  enum l2_kind kind;
+  uint64_t host_offset;          /* cluster start (DATA/ZERO_ALLOC) or compressed data start */
+  uint64_t compressed_size;      /* bytes to read, COMPRESSED only */
+  bool copied;
+};
+int l2_decode (struct rb_image *img, uint64_t entry, struct l2_info *info);
+/* Subcluster state for extended L2. */
+enum sc_state { SC_UNALLOC, SC_DATA, SC_ZERO };
+int l2_subcluster_state (struct rb_image *img, uint64_t entry, uint64_t bitmap,
+                         unsigned sc, enum sc_state *st);
+/* Get an L2 entry for guest cluster; *table_offset 0 if no table. */
+int l2_get_entry (struct rb_image *img, uint64_t guest_cluster,
+                  uint64_t *entry, uint64_t *bitmap, uint64_t *table_offset);
+int l1_get_l2_offset (struct rb_image *img, uint64_t l1_index, uint64_t *l2_offset);
+
+/* ---- compress.c ---- */
+int decompress_cluster (struct rb_image *img, const void *in, size_t in_len,
+                        void *out, size_t out_len);
+/* Returns compressed length, 0 if it does not fit in out_len, -1 on error. */
+ssize_t compress_buffer (int type, const void *in, size_t in_len,
+                         void *out, size_t out_len);
+
+/* ---- io.c ---- */
+int data_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t host_offset);
+int check_range (struct rb_image *img, uint64_t count, uint64_t offset);
+int read_compressed (struct rb_image *img, uint64_t l2_entry, void *buf,
+                     uint64_t in_cluster, uint64_t len);
+int read_locked (struct rb_image *img, void *buf, uint64_t count, uint64_t offset);
+
+/* ---- image.c ---- */
+struct chain_ids;
+struct rb_image *image_open (const char *path, const struct rb_open_opts *opts,
+                             unsigned depth, bool force_raw, struct chain_ids *ids);
+
+/* ---- backing.c ---- */
+int backing_open (struct rb_image *img, const struct rb_open_opts *opts, struct chain_ids *ids);
+int backing_read (struct rb_image *img, void *buf, uint64_t count, uint64_t offset);
+void backing_close (struct rb_image *img);
+
+/* ---- flush.c ---- */
+int flush_metadata (struct rb_image *img);   /* under meta_lock */
+int mark_dirty_l1 (struct rb_image *img, uint64_t l1_index);
+int prepare_first_write (struct rb_image *img);
+int mark_corrupt (struct rb_image *img, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
+
+/* ---- lock.c ---- */
+int image_lock_file (struct rb_image *img, bool writable);
+
+/* ---- the image ---- */
+struct deferred_free {
+  uint64_t host_offset;     /* cluster aligned */
+  uint64_t nr;
+};
+
+struct rb_image {
+  char *path;               /* as given */
+  char *dir;                /* folder of path, for relative backing names */
+  int fd;
+  bool readonly;
+  bool is_raw;              /* a raw backing file (only in a chain) */
+  uint64_t file_size;       /* host file size (grows as we allocate) */
+
+  /* header fields, host order */
+  uint32_t version;
+  uint64_t backing_file_offset;
+  uint32_t backing_file_size;
+  uint32_t cluster_bits;
+  uint64_t size;            /* virtual size */
+  uint32_t crypt_method;
+  uint32_t l1_size;
+  uint64_t l1_table_offset;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint32_t nb_snapshots;
+  uint64_t snapshots_offset;
+  uint64_t incompatible_features;
+  uint64_t compatible_features;
+  uint64_t autoclear_features;
+  uint32_t refcount_order;
+  uint32_t header_length;
+  uint32_t compression_type;
+
+  char *backing_file;       /* name as stored, NULL if none */
+  char *backing_format;     /* from the extension, NULL if none */
+  struct extension *exts;
+  size_t nr_exts;
+  struct feature_name *features;
+  size_t nr_features;
+  struct snapshot *snapshots;
+  uint64_t snapshots_size;  /* bytes of the snapshot table */
+
+  /* derived geometry */
+  uint64_t cluster_size;
+  bool extended_l2;
+  unsigned l2_entry_size;   /* 8 or 16 */
+  uint64_t l2_entries;      /* per table */
+  unsigned l2_bits;         /* log2 l2_entries */
+  uint64_t subcluster_size;
+  uint32_t refcount_bits;
+  uint64_t refblock_entries;
+  unsigned refblock_bits;
+  unsigned csize_shift;     /* compressed descriptor */
+  uint64_t csize_mask;
+  uint64_t coffset_mask;
+
+  /* Locks.  Order: io_lock before meta_lock.
+   * io_lock (rwlock): every guest request holds it shared; applying deferred
+   *   frees holds it exclusive, so no request reads or writes a cluster
+   *   while it returns to the free pool.
+   * meta_lock: L1, refcount table, both caches, allocator, deferred frees,
+   *   header fields, file_size.  Allocating writes hold it across their data
+   *   write; in-place overwrites of owned clusters do not.
+   */
+  pthread_rwlock_t io_lock;
+  pthread_mutex_t meta_lock;
+  pthread_mutex_t stats_lock;
+
+  uint64_t *l1;             /* l1_size entries, host order */
+  uint8_t *l1_dirty;        /* one flag per L1 entry */
+  bool l1_any_dirty;
+  uint64_t *reftable;       /* refcount_table_clusters*cluster_size/8 entries */
+  uint64_t reftable_entries;
+  struct cache *l2_cache;
+  struct cache *rb_cache;
+  bool data_unsynced;       /* data or metadata written since the last fdatasync */
+
+  uint64_t free_hint;       /* cluster index where the free search starts */
+  struct deferred_free *frees;
+  size_t nr_frees, frees_alloc;
+  bool first_write_done;
+  bool corrupt;             /* found corrupt during this session: no more writes */
+
+  /* backing chain */
+  struct rb_image *backing;
+  unsigned depth;           /* 0 for the top image */
+
+  struct rb_stats stats;
+};
+
+#define cluster_of(img, off) ((off) >> (img)->cluster_bits)
+#define offset_in_cluster(img, off) ((off) & ((img)->cluster_size - 1))
+
+#endif /* RBLOCK_INTERNAL_H */

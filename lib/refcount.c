@@ -1,0 +1,256 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Refcounts of host clusters: read and update entries of any width (orders 0..6), grow the table.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Read entry i of a refcount block. */
+static uint64_t
+block_get (struct rb_image *img, const uint8_t *b, uint64_t i)
+{
+  switch (img->refcount_order) {
+  case 0: return (b[i / 8] >> (i % 8)) & 1;
+  case 1: return (b[i / 4] >> (2 * (i % 4))) & 3;
+  case 2: return (b[i / 2] >> (4 * (i % 2))) & 15;
+  case 3: return b[i];
+  case 4: return get_be16 (b + 2 * i);
+  case 5: return get_be32 (b + 4 * i);
+  default: return get_be64 (b + 8 * i);
+  }
+}
+
+/* Set entry i of a refcount block (v fits the width). */
+static void
+block_set (struct rb_image *img, uint8_t *b, uint64_t i, uint64_t v)
+{
+  unsigned shift;
+
+  switch (img->refcount_order) {
+  case 0: shift = i % 8; b[i / 8] = (b[i / 8] & ~(1 << shift)) | (v << shift); break;
+  case 1: shift = 2 * (i % 4); b[i / 4] = (b[i / 4] & ~(3 << shift)) | (v << shift); break;
+  case 2: shift = 4 * (i % 2); b[i / 2] = (b[i / 2] & ~(15 << shift)) | (v << shift); break;
+  case 3: b[i] = v; break;
+  case 4: put_be16 (b + 2 * i, v); break;
+  case 5: put_be32 (b + 4 * i, v); break;
+  default: put_be64 (b + 8 * i, v); break;
+  }
+}
+
+static uint64_t
+refcount_max (struct rb_image *img)
+{
+  return img->refcount_order == 6 ? UINT64_MAX : (1ULL << img->refcount_bits) - 1;
+}
+
+/* Offset of the refcount block for rt_index (0 if none), validated. */
+static int
+block_offset (struct rb_image *img, uint64_t rt_index, uint64_t *off)
+{
+  uint64_t e;
+
+  *off = 0;
+  if (rt_index >= img->reftable_entries)
+    return 0;
+  e = img->reftable[rt_index];
+  *off = e & REFT_OFFSET_MASK;
+  if (e & REFT_RESERVED_MASK)
+    return mark_corrupt (img, "refcount table entry %" PRIu64 " has reserved bits set (%#" PRIx64 ")",
+                         rt_index, e);
+  if (*off == 0)
+    return 0;
+  if (!IS_ALIGNED (*off, img->cluster_size) || *off + img->cluster_size > img->file_size)
+    return mark_corrupt (img, "refcount block %" PRIu64 " at %#" PRIx64
+                         " is unaligned or beyond the end of the file", rt_index, *off);
+  return 0;
+}
+
+/* Refcount of host cluster cluster_index (0 where no block covers it). */
+int
+refcount_get (struct rb_image *img, uint64_t cluster_index, uint64_t *refcount)
+{
+  uint64_t rt_index = cluster_index >> img->refblock_bits;
+  uint64_t off;
+  uint8_t *b;
+
+  *refcount = 0;
+  if (block_offset (img, rt_index, &off) == -1)
+    return -1;
+  if (off == 0)
+    return 0;
+  b = cache_get (img->rb_cache, off, false);
+  if (!b)
+    return -1;
+  *refcount = block_get (img, b, cluster_index & (img->refblock_entries - 1));
+  cache_put (img->rb_cache, off);
+  return 0;
+}
+
+/* Write one reftable entry to disk (8 bytes). */
+static int
+write_reftable_entry (struct rb_image *img, uint64_t rt_index)
+{
+  uint8_t b[8];
+
+  put_be64 (b, img->reftable[rt_index]);
+  return full_pwrite (img->fd, b, 8, img->refcount_table_offset + rt_index * 8);
+}
+
+/* Grow the refcount table so that rt_index fits.  The new table and the
+ * refcount blocks describing it are placed at the start of the first range
+ * the old table did not cover, written and synced before the header points
+ * at them (invariant 3); the old table is freed after (invariant 4).
+ */
+static int
+grow_reftable (struct rb_image *img, uint64_t rt_index)
+{
+  const uint64_t E = img->refblock_entries, cs = img->cluster_size;
+  uint64_t old_entries = img->reftable_entries;
+  uint64_t new_entries, T = 0, k = 1, S, j, c, old_off = img->refcount_table_offset;
+  uint32_t old_clusters = img->refcount_table_clusters;
+  CLEANUP_FREE uint8_t *blocks = NULL;
+  CLEANUP_FREE uint8_t *table = NULL;
+  uint64_t *newtab;
+
+  for (;;) {
+    new_entries = MAX (rt_index + 1, MAX (old_entries * 2, old_entries + k));
+    T = DIV_ROUND_UP (new_entries * 8, cs);
+    new_entries = T * cs / 8;
+    if (k * E >= k + T)
+      break;
+    k++;
+  }
+  if (T * cs > MAX (QCOW_MAX_REFTABLE_BYTES, cs))
+    return rb_error (EFBIG, "image file too large: refcount table would exceed %llu bytes",
+                     (unsigned long long) QCOW_MAX_REFTABLE_BYTES);
+
+  S = old_entries * E;          /* first cluster no old block covers */
+  blocks = calloc (k, cs);
+  table = calloc (T, cs);
+  if (!blocks || !table)
+    return rb_error (ENOMEM, "out of memory growing the refcount table");
+  for (c = S; c < S + k + T; c++)
+    block_set (img, blocks + ((c - S) / E) * cs, (c - S) % E, 1);
+  for (j = 0; j < old_entries; j++)
+    put_be64 (table + j * 8, img->reftable[j]);
+  for (j = 0; j < k; j++)
+    put_be64 (table + (old_entries + j) * 8, (S + j) * cs);
+
+  if (full_pwrite (img->fd, blocks, k * cs, S * cs) == -1 ||
+      full_pwrite (img->fd, table, T * cs, (S + k) * cs) == -1 ||
+      file_sync (img->fd) == -1)
+    return -1;
+  img->refcount_table_offset = (S + k) * cs;
+  img->refcount_table_clusters = T;
+  if (header_write (img) == -1 || file_sync (img->fd) == -1) {
+    img->refcount_table_offset = old_off;
+    img->refcount_table_clusters = old_clusters;
+    return -1;
+  }
+
+  newtab = calloc (new_entries, 8);
+  if (!newtab)
+    return rb_error (ENOMEM, "out of memory growing the refcount table");
+  memcpy (newtab, img->reftable, old_entries * 8);
+  for (j = 0; j < k; j++)
+    newtab[old_entries + j] = (S + j) * cs;
+  free (img->reftable);
+  img->reftable = newtab;
+  img->reftable_entries = new_entries;
+  img->file_size = MAX (img->file_size, (S + k + T) * cs);
+
+  /* The header no longer points at the old table: release it. */
+  for (c = old_off / cs; c < old_off / cs + old_clusters; c++)
+    if (refcount_update (img, c, -1) == -1)
+      return -1;
+  return 0;
+}
+
+/* Make sure a refcount block covers cluster_index, creating it (at the first
+ * cluster of the range it covers, counting itself) if needed.
+ */
+int
+refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *created)
+{
+  uint64_t rt_index = cluster_index >> img->refblock_bits;
+  uint64_t off, b_off;
+  uint8_t *b;
+
+  *created = false;
+  if (rt_index >= img->reftable_entries) {
+    if (grow_reftable (img, rt_index) == -1)
+      return -1;
+    *created = true;
+  }
+  if (block_offset (img, rt_index, &off) == -1)
+    return -1;
+  if (off != 0)
+    return 0;
+
+  /* No block: every cluster of its range is free, so the first one can hold it. */
+  b_off = (rt_index << img->refblock_bits) << img->cluster_bits;
+  b = cache_get (img->rb_cache, b_off, true);
+  if (!b)
+    return -1;
+  block_set (img, b, 0, 1);
+  /* Invariant 3: the block is durable before the table entry points at it. */
+  if (full_pwrite (img->fd, b, img->cluster_size, b_off) == -1 ||
+      file_sync (img->fd) == -1) {
+    cache_put (img->rb_cache, b_off);
+    cache_discard (img->rb_cache, b_off);
+    return -1;
+  }
+  cache_put (img->rb_cache, b_off);
+  img->reftable[rt_index] = b_off;
+  img->file_size = MAX (img->file_size, b_off + img->cluster_size);
+  if (write_reftable_entry (img, rt_index) == -1) {
+    img->reftable[rt_index] = 0;
+    return -1;
+  }
+  img->data_unsynced = true;
+  *created = true;
+  return 0;
+}
+
+/* Add delta to the refcount of cluster_index.  Underflow is corruption;
+ * overflow is EFBIG.
+ */
+int
+refcount_update (struct rb_image *img, uint64_t cluster_index, int64_t delta)
+{
+  uint64_t rt_index = cluster_index >> img->refblock_bits;
+  uint64_t i = cluster_index & (img->refblock_entries - 1);
+  uint64_t off, v;
+  bool created;
+  uint8_t *b;
+
+  if (refcount_ensure_block (img, cluster_index, &created) == -1)
+    return -1;
+  if (block_offset (img, rt_index, &off) == -1)
+    return -1;
+  b = cache_get (img->rb_cache, off, false);
+  if (!b)
+    return -1;
+  v = block_get (img, b, i);
+  if (delta < 0 && v < (uint64_t) -delta) {
+    cache_put (img->rb_cache, off);
+    return mark_corrupt (img, "refcount of host cluster %" PRIu64 " would drop below zero",
+                         cluster_index);
+  }
+  if (delta > 0 && refcount_max (img) - v < (uint64_t) delta) {
+    cache_put (img->rb_cache, off);
+    return rb_error (EFBIG, "refcount of host cluster %" PRIu64 " would overflow %u bits",
+                     cluster_index, img->refcount_bits);
+  }
+  block_set (img, b, i, v + delta);
+  cache_mark_dirty (img->rb_cache, off);
+  cache_put (img->rb_cache, off);
+  if (v + delta == 0 && cluster_index < img->free_hint)
+    img->free_hint = cluster_index;
+  return 0;
+}
