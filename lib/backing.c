@@ -90,7 +90,7 @@ backing_read (struct rb_image *img, void *buf, uint64_t count, uint64_t offset)
   if (b && offset < b->size) {
     n = MIN (count, b->size - offset);
     if (b->is_raw) {
-      if (data_pread (b, buf, n, offset) == -1)
+      if (data_pread (b, buf, n, offset, IO_DATA_READ) == -1)
         return -1;
     }
     else {

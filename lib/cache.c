@@ -17,6 +17,7 @@ struct cache_entry {
   unsigned refs;
   bool in_use;
   bool dirty;
+  bool fresh;                   /* never written yet */
 };
 
 struct cache {
@@ -139,13 +140,16 @@ write_entry (struct cache *c, struct cache_entry *e)
     if (cache_has_dirty (img->rb_cache) && cache_write_back (img->rb_cache) == -1)
       return -1;
     if (img->data_unsynced) {
-      if (file_sync (img->fd) == -1)
+      if (file_sync (img->fd, IO_FLUSH) == -1)
         return -1;
       img->data_unsynced = false;
     }
   }
-  if (full_pwrite (img->fd, e->data, img->cluster_size, e->offset) == -1)
+  if (full_pwrite (img->fd, e->data, img->cluster_size, e->offset,
+                   c == img->l2_cache ? (e->fresh ? IO_L2_ALLOC : IO_L2_UPDATE)
+                   : IO_REFBLOCK_UPDATE) == -1)
     return -1;
+  e->fresh = false;
   img->data_unsynced = true;
   e->dirty = false;
   c->nr_dirty--;
@@ -195,10 +199,11 @@ cache_get (struct cache *c, uint64_t host_offset, bool fresh)
   }
   if (fresh)
     memset (e->data, 0, img->cluster_size);
-  else if (full_pread (img->fd, e->data, img->cluster_size, host_offset) == -1)
+  else if (full_pread (img->fd, e->data, img->cluster_size, host_offset, IO_META_READ) == -1)
     return NULL;
 
   e->offset = host_offset;
+  e->fresh = fresh;
   e->in_use = true;
   e->dirty = false;
   e->refs = 1;

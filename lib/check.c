@@ -135,7 +135,7 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
     if (!l1)
       return rb_error (ENOMEM, "out of memory");
     ref_range (&k, sn->l1_table_offset, (uint64_t) sn->l1_size * 8);
-    if (sn->l1_size && full_pread (img->fd, l1, (uint64_t) sn->l1_size * 8, sn->l1_table_offset) == -1)
+    if (sn->l1_size && full_pread (img->fd, l1, (uint64_t) sn->l1_size * 8, sn->l1_table_offset, IO_META_READ) == -1)
       return -1;
     for (j = 0; j < sn->l1_size; j++)
       l1[j] = be64toh (l1[j]);

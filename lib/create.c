@@ -157,7 +157,7 @@ rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite)
   fd = open (path, O_WRONLY | O_CREAT | O_CLOEXEC | (overwrite ? O_TRUNC : O_EXCL), 0644);
   if (fd == -1)
     return rb_error_errno (errno, "%s", path);
-  if (full_pwrite (fd, buf, total * cs, 0) == -1 || file_sync (fd) == -1) {
+  if (full_pwrite (fd, buf, total * cs, 0, IO_CREATE) == -1 || file_sync (fd, IO_FLUSH) == -1) {
     int e = errno;
     close (fd);
     unlink (path);

@@ -1,10 +1,14 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
- * Full-length pread/pwrite, fdatasync and the size of a file or block device.
+ * The one I/O layer for image files: full pread/pwrite, fdatasync, sizes, and fault injection.
  */
 #include <config.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,14 +16,77 @@
 
 #include "internal.h"
 
+static const char *const event_names[IO__MAX] = {
+  "meta_read", "data_read", "cow_read", "data_write", "l1_update",
+  "l2_alloc", "l2_update", "refblock_alloc", "refblock_update",
+  "reftable_grow", "header_update", "flush", "create",
+};
+
+/* Fault injection, configured once from RBLOCK_FAULT (tests only):
+ * EVENT:ERRNO[:once|:always|:after=N].  "once" (the default) fails the
+ * first occurrence; after=N lets N occurrences through, then fails once.
+ */
+static struct {
+  int event;                    /* -1: off */
+  int err;
+  bool always;
+  long skip;
+  bool spent;
+  pthread_mutex_t lock;
+} fault = { .event = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+
+static void
+fault_parse (void)
+{
+  const char *env = getenv ("RBLOCK_FAULT");
+  char ev[32], er[16], mode[32] = "once";
+  int i;
+
+  if (!env || sscanf (env, "%31[a-z0-9_]:%15[A-Z]:%31s", ev, er, mode) < 2)
+    return;
+  for (i = 0; i < IO__MAX; i++)
+    if (strcmp (ev, event_names[i]) == 0)
+      fault.event = i;
+  fault.err = strcmp (er, "ENOSPC") == 0 ? ENOSPC : strcmp (er, "EDQUOT") == 0 ? EDQUOT
+    : strcmp (er, "EROFS") == 0 ? EROFS : EIO;
+  fault.always = strcmp (mode, "always") == 0;
+  if (strncmp (mode, "after=", 6) == 0)
+    fault.skip = atol (mode + 6);
+}
+
+/* Returns -1 with the injected error recorded if this event must fail. */
+int
+fault_check (enum io_event ev)
+{
+  bool hit = false;
+
+  pthread_once (&fault_once, fault_parse);
+  if (fault.event != (int) ev)
+    return 0;
+  pthread_mutex_lock (&fault.lock);
+  if (fault.skip > 0)
+    fault.skip--;
+  else if (fault.always || !fault.spent) {
+    hit = true;
+    fault.spent = true;
+  }
+  pthread_mutex_unlock (&fault.lock);
+  if (hit)
+    return rb_error (fault.err, "injected fault at %s: %s", event_names[ev], strerror (fault.err));
+  return 0;
+}
+
 /* Read exactly count bytes; a read past EOF is EIO ("short read").
  * Returns 0 / -1 with the error recorded.
  */
 int
-full_pread (int fd, void *buf, size_t count, uint64_t offset)
+full_pread (int fd, void *buf, size_t count, uint64_t offset, enum io_event ev)
 {
   char *p = buf;
 
+  if (fault_check (ev) == -1)
+    return -1;
   while (count > 0) {
     ssize_t r = pread (fd, p, count, offset);
     if (r == -1) {
@@ -39,10 +106,12 @@ full_pread (int fd, void *buf, size_t count, uint64_t offset)
 
 /* Write exactly count bytes.  Returns 0 / -1 with the error recorded. */
 int
-full_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
+full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev)
 {
   const char *p = buf;
 
+  if (fault_check (ev) == -1)
+    return -1;
   while (count > 0) {
     ssize_t r = pwrite (fd, p, count, offset);
     if (r == -1) {
@@ -59,8 +128,10 @@ full_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
 
 /* fdatasync, retried on EINTR.  Returns 0 / -1. */
 int
-file_sync (int fd)
+file_sync (int fd, enum io_event ev)
 {
+  if (fault_check (ev) == -1)
+    return -1;
   while (fdatasync (fd) == -1) {
     if (errno != EINTR)
       return rb_error_errno (errno, "fdatasync");

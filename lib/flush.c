@@ -56,7 +56,7 @@ write_l1 (struct rb_image *img)
     n = MIN (64, img->l1_size - s * 64);
     for (i = 0; i < n; i++)
       put_be64 (buf + i * 8, img->l1[s * 64 + i]);
-    if (full_pwrite (img->fd, buf, n * 8, img->l1_table_offset + s * 512) == -1)
+    if (full_pwrite (img->fd, buf, n * 8, img->l1_table_offset + s * 512, IO_L1_UPDATE) == -1)
       return -1;
     img->l1_dirty[s] = 0;
   }
@@ -75,19 +75,19 @@ flush_metadata (struct rb_image *img)
   if (cache_write_back (img->rb_cache) == -1)
     return -1;
   if (cache_has_dirty (img->l2_cache)) {
-    if (file_sync (img->fd) == -1)
+    if (file_sync (img->fd, IO_FLUSH) == -1)
       return -1;
     img->data_unsynced = false;
     if (cache_write_back (img->l2_cache) == -1)
       return -1;
   }
   if (img->l1_any_dirty) {
-    if (file_sync (img->fd) == -1)
+    if (file_sync (img->fd, IO_FLUSH) == -1)
       return -1;
     if (write_l1 (img) == -1)
       return -1;
   }
-  if (file_sync (img->fd) == -1)
+  if (file_sync (img->fd, IO_FLUSH) == -1)
     return -1;
   img->data_unsynced = false;
   return 0;
@@ -103,7 +103,7 @@ prepare_first_write (struct rb_image *img)
     return 0;
   if (img->autoclear_features != 0) {
     img->autoclear_features = 0;
-    if (header_update_features (img) == -1 || file_sync (img->fd) == -1)
+    if (header_update_features (img) == -1 || file_sync (img->fd, IO_FLUSH) == -1)
       return -1;
   }
   img->first_write_done = true;
@@ -126,7 +126,7 @@ mark_corrupt (struct rb_image *img, const char *fmt, ...)
   if (!img->readonly && !img->corrupt && img->version >= 3) {
     img->incompatible_features |= QCOW_INCOMPAT_CORRUPT;
     if (header_update_features (img) == 0)
-      file_sync (img->fd);
+      file_sync (img->fd, IO_FLUSH);
   }
   img->corrupt = true;
   return rb_error (EIO, "corrupt image: %s: %s", img->path, msg);

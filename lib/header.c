@@ -146,7 +146,7 @@ header_read (struct rb_image *img)
     return rb_error (ENOTSUP, "not a qcow2 image (file too small: %" PRIu64 " bytes)",
                      img->file_size);
   memset (small, 0, sizeof small);
-  if (full_pread (img->fd, small, MIN (img->file_size, sizeof small), 0) == -1)
+  if (full_pread (img->fd, small, MIN (img->file_size, sizeof small), 0, IO_META_READ) == -1)
     return -1;
   if (get_be32 (small + HDR_MAGIC) != QCOW_MAGIC)
     return rb_error (ENOTSUP, "not a qcow2 image (no QFI\\xfb magic): rblock serves qcow2 images only");
@@ -209,7 +209,7 @@ header_read (struct rb_image *img)
   buf = calloc (1, img->cluster_size);
   if (!buf)
     return rb_error (ENOMEM, "out of memory");
-  if (full_pread (img->fd, buf, MIN (img->file_size, img->cluster_size), 0) == -1)
+  if (full_pread (img->fd, buf, MIN (img->file_size, img->cluster_size), 0, IO_META_READ) == -1)
     return -1;
 
   /* Feature table first, so that unknown bits can be named. */
@@ -328,7 +328,7 @@ snapshots_read (struct rb_image *img)
 
     if (off + SNAP_HDR_SIZE > img->file_size)
       return rb_error (EIO, "corrupt image: snapshot table runs past the end of the file");
-    if (full_pread (img->fd, h, sizeof h, off) == -1)
+    if (full_pread (img->fd, h, sizeof h, off, IO_META_READ) == -1)
       return -1;
     sn->l1_table_offset = get_be64 (h);
     sn->l1_size = get_be32 (h + 8);
@@ -344,7 +344,7 @@ snapshots_read (struct rb_image *img)
     off += SNAP_HDR_SIZE;
     if (off + extra_len + id_len + name_len > img->file_size)
       return rb_error (EIO, "corrupt image: snapshot %u runs past the end of the file", i);
-    if (full_pread (img->fd, extra, extra_len, off) == -1)
+    if (full_pread (img->fd, extra, extra_len, off, IO_META_READ) == -1)
       return -1;
     sn->vm_state_size_large = extra_len >= 8 ? get_be64 (extra) : sn->vm_state_size;
     sn->disk_size = extra_len >= 16 ? get_be64 (extra + 8) : 0;
@@ -353,8 +353,8 @@ snapshots_read (struct rb_image *img)
     sn->name = calloc (1, name_len + 1);
     if (!sn->id || !sn->name)
       return rb_error (ENOMEM, "out of memory");
-    if (full_pread (img->fd, sn->id, id_len, off) == -1 ||
-        full_pread (img->fd, sn->name, name_len, off + id_len) == -1)
+    if (full_pread (img->fd, sn->id, id_len, off, IO_META_READ) == -1 ||
+        full_pread (img->fd, sn->name, name_len, off + id_len, IO_META_READ) == -1)
       return -1;
     off = ROUND_UP (off + id_len + name_len, 8);
     if (validate_table (img, "snapshot L1 table", sn->l1_table_offset, sn->l1_size, 8,
@@ -373,7 +373,7 @@ header_write (struct rb_image *img)
 
   put_be64 (b, img->refcount_table_offset);
   put_be32 (b + 8, img->refcount_table_clusters);
-  return full_pwrite (img->fd, b, sizeof b, HDR_REFCOUNT_TABLE_OFFSET);
+  return full_pwrite (img->fd, b, sizeof b, HDR_REFCOUNT_TABLE_OFFSET, IO_HEADER_UPDATE);
 }
 
 /* Write the three feature words (version 3 only). */
@@ -387,7 +387,7 @@ header_update_features (struct rb_image *img)
   put_be64 (b, img->incompatible_features);
   put_be64 (b + 8, img->compatible_features);
   put_be64 (b + 16, img->autoclear_features);
-  return full_pwrite (img->fd, b, sizeof b, HDR_INCOMPATIBLE_FEATURES);
+  return full_pwrite (img->fd, b, sizeof b, HDR_INCOMPATIBLE_FEATURES, IO_HEADER_UPDATE);
 }
 
 void

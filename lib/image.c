@@ -42,7 +42,7 @@ read_tables (struct rb_image *img)
   if (!img->l1 || !img->l1_dirty || !img->reftable || !buf)
     return rb_error (ENOMEM, "out of memory reading the L1 and refcount tables");
   if (img->l1_size > 0) {
-    if (full_pread (img->fd, buf, (uint64_t) img->l1_size * 8, img->l1_table_offset) == -1)
+    if (full_pread (img->fd, buf, (uint64_t) img->l1_size * 8, img->l1_table_offset, IO_META_READ) == -1)
       return -1;
     for (i = 0; i < img->l1_size; i++) {
       img->l1[i] = get_be64 (buf + i * 8);
@@ -51,7 +51,7 @@ read_tables (struct rb_image *img)
                          i, img->l1[i]);
     }
   }
-  if (full_pread (img->fd, buf, bytes, img->refcount_table_offset) == -1)
+  if (full_pread (img->fd, buf, bytes, img->refcount_table_offset, IO_META_READ) == -1)
     return -1;
   for (i = 0; i < img->reftable_entries; i++)
     img->reftable[i] = get_be64 (buf + i * 8);

@@ -18,10 +18,19 @@
 int rb_error (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 int rb_error_errno (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 
-/* ---- fileio.c ---- */
-int full_pread (int fd, void *buf, size_t count, uint64_t offset);
-int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset);
-int file_sync (int fd);
+/* ---- fileio.c: every image I/O goes through here, tagged with its event ----
+ * Tests inject faults with RBLOCK_FAULT=EVENT:ERRNO[:once|:always|:after=N]
+ * (EVENT one of the names in fileio.c, ERRNO EIO or ENOSPC...).
+ */
+enum io_event {
+  IO_META_READ, IO_DATA_READ, IO_COW_READ, IO_DATA_WRITE, IO_L1_UPDATE,
+  IO_L2_ALLOC, IO_L2_UPDATE, IO_REFBLOCK_ALLOC, IO_REFBLOCK_UPDATE,
+  IO_REFTABLE_GROW, IO_HEADER_UPDATE, IO_FLUSH, IO_CREATE, IO__MAX
+};
+int full_pread (int fd, void *buf, size_t count, uint64_t offset, enum io_event ev);
+int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev);
+int file_sync (int fd, enum io_event ev);
+int fault_check (enum io_event ev);   /* 0, or -1 with the injected error recorded */
 int file_size (int fd, uint64_t *size);   /* regular file or block device */
 
 /* ---- cache.c: bounded LRU of cluster-sized tables keyed by host offset ----
@@ -110,7 +119,8 @@ ssize_t compress_buffer (int type, const void *in, size_t in_len,
                          void *out, size_t out_len);
 
 /* ---- io.c ---- */
-int data_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t host_offset);
+int data_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t host_offset,
+                enum io_event ev);
 int check_range (struct rb_image *img, uint64_t count, uint64_t offset);
 int read_compressed (struct rb_image *img, uint64_t l2_entry, void *buf,
                      uint64_t in_cluster, uint64_t len);

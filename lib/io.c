@@ -16,10 +16,13 @@
  * may leave the last data cluster short).  Returns 0 / -1.
  */
 int
-data_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t host_offset)
+data_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t host_offset,
+            enum io_event ev)
 {
   char *p = buf;
 
+  if (fault_check (ev) == -1)
+    return -1;
   while (count > 0) {
     ssize_t r = pread (img->fd, p, count, host_offset);
     if (r == -1) {
@@ -68,7 +71,7 @@ read_compressed (struct rb_image *img, uint64_t l2_entry, void *buf,
   out = malloc (img->cluster_size);
   if (!in || !out)
     return rb_error (ENOMEM, "out of memory");
-  if (data_pread (img, in, info.compressed_size, info.host_offset) == -1 ||
+  if (data_pread (img, in, info.compressed_size, info.host_offset, IO_DATA_READ) == -1 ||
       decompress_cluster (img, in, info.compressed_size, out, img->cluster_size) == -1)
     return -1;
   memcpy (buf, out + in_cluster, len);
@@ -92,7 +95,7 @@ read_locked (struct rb_image *img, void *buf, uint64_t count, uint64_t offset)
       return -1;
     switch (r.kind) {
     case RUN_DATA:
-      ret = data_pread (img, p, r.length, r.host_offset);
+      ret = data_pread (img, p, r.length, r.host_offset, IO_DATA_READ);
       break;
     case RUN_ZERO:
       memset (p, 0, r.length);
@@ -121,7 +124,7 @@ rb_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t offset)
   if (check_range (img, count, offset) == -1)
     return -1;
   if (img->is_raw)
-    return data_pread (img, buf, count, offset);
+    return data_pread (img, buf, count, offset, IO_DATA_READ);
   pthread_rwlock_rdlock (&img->io_lock);
   ret = read_locked (img, buf, count, offset);
   pthread_rwlock_unlock (&img->io_lock);

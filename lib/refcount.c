@@ -98,7 +98,7 @@ write_reftable_entry (struct rb_image *img, uint64_t rt_index)
   uint8_t b[8];
 
   put_be64 (b, img->reftable[rt_index]);
-  return full_pwrite (img->fd, b, 8, img->refcount_table_offset + rt_index * 8);
+  return full_pwrite (img->fd, b, 8, img->refcount_table_offset + rt_index * 8, IO_REFTABLE_GROW);
 }
 
 /* Grow the refcount table so that rt_index fits.  The new table and the
@@ -141,13 +141,13 @@ grow_reftable (struct rb_image *img, uint64_t rt_index)
   for (j = 0; j < k; j++)
     put_be64 (table + (old_entries + j) * 8, (S + j) * cs);
 
-  if (full_pwrite (img->fd, blocks, k * cs, S * cs) == -1 ||
-      full_pwrite (img->fd, table, T * cs, (S + k) * cs) == -1 ||
-      file_sync (img->fd) == -1)
+  if (full_pwrite (img->fd, blocks, k * cs, S * cs, IO_REFTABLE_GROW) == -1 ||
+      full_pwrite (img->fd, table, T * cs, (S + k) * cs, IO_REFTABLE_GROW) == -1 ||
+      file_sync (img->fd, IO_FLUSH) == -1)
     return -1;
   img->refcount_table_offset = (S + k) * cs;
   img->refcount_table_clusters = T;
-  if (header_write (img) == -1 || file_sync (img->fd) == -1) {
+  if (header_write (img) == -1 || file_sync (img->fd, IO_FLUSH) == -1) {
     img->refcount_table_offset = old_off;
     img->refcount_table_clusters = old_clusters;
     return -1;
@@ -199,8 +199,8 @@ refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *creat
     return -1;
   block_set (img, b, 0, 1);
   /* Invariant 3: the block is durable before the table entry points at it. */
-  if (full_pwrite (img->fd, b, img->cluster_size, b_off) == -1 ||
-      file_sync (img->fd) == -1) {
+  if (full_pwrite (img->fd, b, img->cluster_size, b_off, IO_REFBLOCK_ALLOC) == -1 ||
+      file_sync (img->fd, IO_FLUSH) == -1) {
     cache_put (img->rb_cache, b_off);
     cache_discard (img->rb_cache, b_off);
     return -1;

@@ -109,7 +109,7 @@ fill_old (struct rb_image *img, uint64_t cluster_start, uint64_t entry, uint64_t
     }
     switch (kind) {
     case L2_DATA:
-      if (data_pread (img, buf + pos, end - pos, info.host_offset + pos) == -1)
+      if (data_pread (img, buf + pos, end - pos, info.host_offset + pos, IO_COW_READ) == -1)
         return -1;
       break;
     case L2_UNALLOC:
@@ -209,7 +209,7 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
   /* Invariant 2: the data (with its copied head and tail) is written before
    * the L2 entry that exposes it; the cache writes L2 tables only after a sync.
    */
-  if (full_pwrite (img->fd, buf + wfrom, wto - wfrom, host + wfrom) == -1)
+  if (full_pwrite (img->fd, buf + wfrom, wto - wfrom, host + wfrom, IO_DATA_WRITE) == -1)
     goto err;
   img->data_unsynced = true;
 
@@ -267,7 +267,7 @@ write_locked (struct rb_image *img, const void *buf, uint64_t count, uint64_t of
     if (ret == 0 && r.kind == RUN_DATA && r.copied) {
       /* Owned clusters: overwrite in place outside the metadata lock. */
       pthread_mutex_unlock (&img->meta_lock);
-      if (full_pwrite (img->fd, p, r.length, r.host_offset) == -1)
+      if (full_pwrite (img->fd, p, r.length, r.host_offset, IO_DATA_WRITE) == -1)
         return -1;
       n = r.length;
     }

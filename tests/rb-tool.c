@@ -33,10 +33,14 @@ usage (void)
   exit (1);
 }
 
+static struct rb_image *open_img;   /* closed by die, so a failure path ends like a real user's */
+
 static void
 die (const char *what)
 {
   fprintf (stderr, "%s: %s: %s\n", progname, what, rb_errmsg ());
+  if (open_img && rb_close (open_img) == -1)
+    fprintf (stderr, "%s: close: %s\n", progname, rb_errmsg ());
   exit (2);
 }
 
@@ -48,6 +52,7 @@ open_image (const char *path, bool ro)
 
   if (!img)
     die ("open");
+  open_img = img;
   return img;
 }
 
