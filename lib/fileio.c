@@ -4,6 +4,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -77,6 +78,32 @@ fault_check (enum io_event ev)
   return 0;
 }
 
+/* Write log for power-fail replay tests: RBLOCK_IOLOG=PATH records every
+ * image write ('W', offset, length, data; big-endian u64s) and every
+ * completed sync ('S') in order.
+ */
+static int iolog_fd = -2;
+static pthread_mutex_t iolog_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void
+iolog (char kind, const void *buf, uint64_t count, uint64_t offset)
+{
+  uint8_t h[17];
+
+  if (iolog_fd == -2) {
+    const char *p = getenv ("RBLOCK_IOLOG");
+    iolog_fd = p ? open (p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
+  }
+  if (iolog_fd < 0)
+    return;
+  h[0] = kind;
+  put_be64 (h + 1, offset);
+  put_be64 (h + 9, count);
+  if (write (iolog_fd, h, kind == 'W' ? 17 : 1) < 0 ||
+      (kind == 'W' && write (iolog_fd, buf, count) < 0))
+    abort ();                   /* a test harness without its log is useless */
+}
+
 /* Read exactly count bytes; a read past EOF is EIO ("short read").
  * Returns 0 / -1 with the error recorded.
  */
@@ -105,13 +132,11 @@ full_pread (int fd, void *buf, size_t count, uint64_t offset, enum io_event ev)
 }
 
 /* Write exactly count bytes.  Returns 0 / -1 with the error recorded. */
-int
-full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev)
+static int
+write_all (int fd, const void *buf, size_t count, uint64_t offset)
 {
   const char *p = buf;
 
-  if (fault_check (ev) == -1)
-    return -1;
   while (count > 0) {
     ssize_t r = pwrite (fd, p, count, offset);
     if (r == -1) {
@@ -126,6 +151,30 @@ full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_eve
   return 0;
 }
 
+/* Full pwrite, recorded in the replay log when one is configured. */
+static int
+logged_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
+{
+  int r;
+
+  if (iolog_fd == -1)
+    return write_all (fd, buf, count, offset);
+  pthread_mutex_lock (&iolog_lock);
+  r = write_all (fd, buf, count, offset);
+  if (r == 0)
+    iolog ('W', buf, count, offset);
+  pthread_mutex_unlock (&iolog_lock);
+  return r;
+}
+
+int
+full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev)
+{
+  if (fault_check (ev) == -1)
+    return -1;
+  return logged_pwrite (fd, buf, count, offset);
+}
+
 /* fdatasync, retried on EINTR.  Returns 0 / -1. */
 int
 file_sync (int fd, enum io_event ev)
@@ -135,6 +184,11 @@ file_sync (int fd, enum io_event ev)
   while (fdatasync (fd) == -1) {
     if (errno != EINTR)
       return rb_error_errno (errno, "fdatasync");
+  }
+  if (iolog_fd != -1) {
+    pthread_mutex_lock (&iolog_lock);
+    iolog ('S', NULL, 0, 0);
+    pthread_mutex_unlock (&iolog_lock);
   }
   return 0;
 }
