@@ -158,7 +158,20 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
   for (i = 0; i < k.nb_clusters; i++) {
     if (refcount_get (img, i, &rc) == -1)
       return -1;
-    if (rc < ref[i])
+    if (rc != ref[i] && (flags & RB_CHECK_REPAIR_ALL)) {
+      uint64_t rt = i >> img->refblock_bits;
+      if (rt >= img->reftable_entries || img->reftable[rt] == 0)
+        return rb_error (ENOTSUP, "%s: cannot repair: host cluster %" PRIu64
+                         " is used but no refcount block covers it; use 'qemu-img check -r all'",
+                         img->path, i);
+      if (refcount_update (img, i, (int64_t) ref[i] - (int64_t) rc) == -1)
+        return -1;
+      if (rc < ref[i])
+        res->corruptions_fixed++;
+      else
+        res->leaks_fixed++;
+    }
+    else if (rc < ref[i])
       res->corruptions++;
     else if (rc > ref[i]) {
       res->leaks++;
@@ -182,10 +195,12 @@ rb_check (struct rb_image *img, struct rb_check_result *res, unsigned flags)
     return rb_error (EINVAL, "not a qcow2 image");
   if (!img->readonly && rb_flush (img) == -1)
     return -1;
+  if ((flags & (RB_CHECK_REPAIR_LEAKS | RB_CHECK_REPAIR_ALL)) && img->readonly)
+    return rb_error (EROFS, "%s: cannot repair a read-only image", img->path);
   pthread_rwlock_wrlock (&img->io_lock);
   pthread_mutex_lock (&img->meta_lock);
   r = check_locked (img, res, flags);
-  if (r == 0 && res->leaks_fixed)
+  if (r == 0 && (res->leaks_fixed || res->corruptions_fixed))
     r = flush_metadata (img);
   pthread_mutex_unlock (&img->meta_lock);
   pthread_rwlock_unlock (&img->io_lock);

@@ -26,6 +26,31 @@ struct chain_ids {
 
 static void image_free (struct rb_image *img);
 
+/* A dirty image (lazy refcounts, unclean shutdown): rebuild the refcounts
+ * from the references (invariant 7), check, then clear the dirty bit.
+ */
+static int
+repair_dirty (struct rb_image *img)
+{
+  struct rb_check_result res;
+  char msg[400];
+
+  if (rb_check (img, &res, RB_CHECK_REPAIR_ALL) == -1 ||
+      rb_check (img, &res, 0) == -1) {
+    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+    return rb_error (rb_errno (), "%s: image is dirty and could not be repaired: %s",
+                     img->path, msg);
+  }
+  if (res.corruptions || res.leaks)
+    return rb_error (EIO, "%s: image is dirty and still has %" PRIu64 " corruptions and %"
+                     PRIu64 " leaks after repair; use 'qemu-img check -r all'",
+                     img->path, res.corruptions, res.leaks);
+  img->incompatible_features &= ~QCOW_INCOMPAT_DIRTY;
+  if (header_update_features (img) == -1 || file_sync (img->fd, IO_FLUSH) == -1)
+    return -1;
+  return 0;
+}
+
 /* Read the active L1 table and the refcount table into memory. */
 static int
 read_tables (struct rb_image *img)
@@ -148,11 +173,6 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   }
   if (img->incompatible_features & QCOW_INCOMPAT_CORRUPT)
     img->readonly = true;       /* invariant 7: corrupt bit means read-only */
-  if (!img->readonly && (img->incompatible_features & QCOW_INCOMPAT_DIRTY)) {
-    rb_error (ENOTSUP, "%s: image is dirty (lazy refcounts after an unclean shutdown): "
-              "repair it with 'qemu-img check -r all' or open it read-only", path);
-    goto err;
-  }
   if (snapshots_read (img) == -1 || read_tables (img) == -1)
     goto err;
 
@@ -169,6 +189,9 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   if (!(flags & RB_OPEN_NO_LOCK) && image_lock_file (img, !img->readonly) == -1)
     goto err;
   if (!(flags & RB_OPEN_NO_BACKING) && backing_open (img, opts, ids) == -1)
+    goto err;
+  if (!img->readonly && (img->incompatible_features & QCOW_INCOMPAT_DIRTY) &&
+      repair_dirty (img) == -1)
     goto err;
   return img;
 

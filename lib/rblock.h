@@ -183,6 +183,7 @@ struct rb_check_result {
   uint64_t corruptions_fixed;
 };
 #define RB_CHECK_REPAIR_LEAKS 0x1
+#define RB_CHECK_REPAIR_ALL   0x2   /* also raise refcounts that are too low */
 int rb_check (struct rb_image *img, struct rb_check_result *res, unsigned flags);
 
 /* ---- statistics ---- */
