@@ -249,6 +249,54 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
   return -1;
 }
 
+/* Write nr whole clusters at cluster-aligned guest_offset (all under one L2
+ * table) into newly allocated contiguous clusters with one data write: the
+ * old contents do not matter, so there is nothing to copy.  Under meta_lock.
+ */
+static int
+write_whole_clusters (struct rb_image *img, uint64_t guest_offset, uint64_t nr, const void *data)
+{
+  uint64_t gc = guest_offset >> img->cluster_bits, i;
+  uint64_t l1_index = gc >> img->l2_bits, idx = gc & (img->l2_entries - 1);
+  int64_t toff, host;
+  uint8_t *table;
+  int r = 0;
+
+  toff = l2_table_for_write (img, l1_index, &table);
+  if (toff == -1)
+    return -1;
+  host = alloc_clusters (img, nr);
+  if (host == -1)
+    goto out_err;
+  /* Invariant 2: data first; the cached L2 entries change after. */
+  if (full_pwrite (img->fd, data, nr << img->cluster_bits, host, IO_DATA_WRITE) == -1)
+    goto out_err;
+  img->data_unsynced = true;
+  for (i = 0; i < nr; i++) {
+    uint8_t *ep = table + (idx + i) * img->l2_entry_size;
+    uint64_t old = get_be64 (ep);
+    struct l2_info info;
+
+    if (r == 0 && l2_decode (img, old, &info) == 0) {
+      /* Invariant 4: the old cluster goes after the new pointer is durable. */
+      if (info.kind == L2_COMPRESSED)
+        r = free_compressed_deferred (img, old);
+      else if (info.host_offset)
+        r = free_clusters_deferred (img, info.host_offset, 1);
+    }
+    put_be64 (ep, ((uint64_t) host + (i << img->cluster_bits)) | QCOW_OFLAG_COPIED);
+    if (img->extended_l2)
+      put_be64 (ep + 8, ALL_ALLOC_BITS);
+  }
+  cache_mark_dirty (img->l2_cache, toff);
+  cache_put (img->l2_cache, toff);
+  return r;
+
+ out_err:
+  cache_put (img->l2_cache, toff);
+  return -1;
+}
+
 /* Guest write of [offset, offset+count). */
 static int
 write_locked (struct rb_image *img, const void *buf, uint64_t count, uint64_t offset)
@@ -270,6 +318,15 @@ write_locked (struct rb_image *img, const void *buf, uint64_t count, uint64_t of
       if (full_pwrite (img->fd, p, r.length, r.host_offset, IO_DATA_WRITE) == -1)
         return -1;
       n = r.length;
+    }
+    else if (ret == 0 && (offset & (img->cluster_size - 1)) == 0 &&
+             MIN (count, r.length) >= img->cluster_size) {
+      /* Whole clusters needing new space: one allocation, one write. */
+      n = ROUND_DOWN (MIN (count, r.length), img->cluster_size);
+      ret = write_whole_clusters (img, offset, n >> img->cluster_bits, p);
+      pthread_mutex_unlock (&img->meta_lock);
+      if (ret == -1)
+        return -1;
     }
     else {
       n = MIN (count, img->cluster_size - (offset & (img->cluster_size - 1)));
