@@ -145,6 +145,9 @@ write_entry (struct cache *c, struct cache_entry *e)
       img->data_unsynced = false;
     }
   }
+  if (overlap_check (img, e->offset, img->cluster_size,
+                     c == img->l2_cache ? OV_L2 : OV_REFBLOCK) == -1)
+    return -1;
   if (full_pwrite (img->fd, e->data, img->cluster_size, e->offset,
                    c == img->l2_cache ? (e->fresh ? IO_L2_ALLOC : IO_L2_UPDATE)
                    : IO_REFBLOCK_UPDATE) == -1)
@@ -256,6 +259,12 @@ cache_write_back (struct cache *c)
       return -1;
   }
   return 0;
+}
+
+bool
+cache_contains (struct cache *c, uint64_t host_offset)
+{
+  return lookup (c, host_offset) != NULL;
 }
 
 void

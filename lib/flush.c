@@ -56,7 +56,8 @@ write_l1 (struct rb_image *img)
     n = MIN (64, img->l1_size - s * 64);
     for (i = 0; i < n; i++)
       put_be64 (buf + i * 8, img->l1[s * 64 + i]);
-    if (full_pwrite (img->fd, buf, n * 8, img->l1_table_offset + s * 512, IO_L1_UPDATE) == -1)
+    if (overlap_check (img, img->l1_table_offset + s * 512, n * 8, OV_L1) == -1 ||
+        full_pwrite (img->fd, buf, n * 8, img->l1_table_offset + s * 512, IO_L1_UPDATE) == -1)
       return -1;
     img->l1_dirty[s] = 0;
   }

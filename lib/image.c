@@ -80,7 +80,7 @@ read_tables (struct rb_image *img)
     return -1;
   for (i = 0; i < img->reftable_entries; i++)
     img->reftable[i] = get_be64 (buf + i * 8);
-  return 0;
+  return refblocks_rebuild (img);
 }
 
 /* Open path as a qcow2 image (or raw, for a backing file) at chain depth
@@ -223,6 +223,7 @@ image_free (struct rb_image *img)
   free (img->l1);
   free (img->l1_dirty);
   free (img->reftable);
+  free (img->refblocks);
   free (img->frees);
   free (img->path);
   free (img->dir);

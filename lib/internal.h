@@ -51,6 +51,7 @@ int cache_write_back (struct cache *c);
 bool cache_has_dirty (struct cache *c);
 /* Drop a table (e.g. freed L2 cluster) without writing it. */
 void cache_discard (struct cache *c, uint64_t host_offset);
+bool cache_contains (struct cache *c, uint64_t host_offset);
 
 /* ---- header.c ---- */
 struct extension {
@@ -142,6 +143,12 @@ int mark_dirty_l1 (struct rb_image *img, uint64_t l1_index);
 int prepare_first_write (struct rb_image *img);
 int mark_corrupt (struct rb_image *img, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 
+/* ---- overlap.c ---- */
+enum overlap_kind { OV_DATA, OV_L2, OV_L1, OV_REFBLOCK, OV_REFTABLE };
+int overlap_check (struct rb_image *img, uint64_t host_offset, uint64_t len,
+                   enum overlap_kind kind);
+int refblocks_rebuild (struct rb_image *img);
+
 /* ---- lock.c ---- */
 int image_lock_file (struct rb_image *img, bool writable);
 
@@ -219,6 +226,8 @@ struct rb_image {
   bool l1_any_dirty;
   uint64_t *reftable;       /* refcount_table_clusters*cluster_size/8 entries */
   uint64_t reftable_entries;
+  uint64_t *refblocks;      /* sorted refcount block offsets, for overlap checks */
+  uint64_t nr_refblocks;
   struct cache *l2_cache;
   struct cache *rb_cache;
   bool data_unsynced;       /* data or metadata written since the last fdatasync */

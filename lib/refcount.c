@@ -163,6 +163,8 @@ grow_reftable (struct rb_image *img, uint64_t rt_index)
   img->reftable = newtab;
   img->reftable_entries = new_entries;
   img->file_size = MAX (img->file_size, (S + k + T) * cs);
+  if (refblocks_rebuild (img) == -1)
+    return -1;
 
   /* The header no longer points at the old table: release it. */
   for (c = old_off / cs; c < old_off / cs + old_clusters; c++)
@@ -214,7 +216,7 @@ refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *creat
   }
   img->data_unsynced = true;
   *created = true;
-  return 0;
+  return refblocks_rebuild (img);
 }
 
 /* Add delta to the refcount of cluster_index.  Underflow is corruption;

@@ -209,7 +209,8 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
   /* Invariant 2: the data (with its copied head and tail) is written before
    * the L2 entry that exposes it; the cache writes L2 tables only after a sync.
    */
-  if (full_pwrite (img->fd, buf + wfrom, wto - wfrom, host + wfrom, IO_DATA_WRITE) == -1)
+  if (overlap_check (img, host + wfrom, wto - wfrom, OV_DATA) == -1 ||
+      full_pwrite (img->fd, buf + wfrom, wto - wfrom, host + wfrom, IO_DATA_WRITE) == -1)
     goto err;
   img->data_unsynced = true;
 
@@ -269,7 +270,8 @@ write_whole_clusters (struct rb_image *img, uint64_t guest_offset, uint64_t nr, 
   if (host == -1)
     goto out_err;
   /* Invariant 2: data first; the cached L2 entries change after. */
-  if (full_pwrite (img->fd, data, nr << img->cluster_bits, host, IO_DATA_WRITE) == -1)
+  if (overlap_check (img, host, nr << img->cluster_bits, OV_DATA) == -1 ||
+      full_pwrite (img->fd, data, nr << img->cluster_bits, host, IO_DATA_WRITE) == -1)
     goto out_err;
   img->data_unsynced = true;
   for (i = 0; i < nr; i++) {
@@ -314,7 +316,10 @@ write_locked (struct rb_image *img, const void *buf, uint64_t count, uint64_t of
       ret = map_run (img, offset, count, &r);
     if (ret == 0 && r.kind == RUN_DATA && r.copied) {
       /* Owned clusters: overwrite in place outside the metadata lock. */
+      ret = overlap_check (img, r.host_offset, r.length, OV_DATA);
       pthread_mutex_unlock (&img->meta_lock);
+      if (ret == -1)
+        return -1;
       if (full_pwrite (img->fd, p, r.length, r.host_offset, IO_DATA_WRITE) == -1)
         return -1;
       n = r.length;

@@ -111,3 +111,19 @@ make_dirty () {
   qemu-img info "$T/n.qcow2" | grep -q 'compat: 0.10'
   qemu-img check "$T/n.qcow2"
 }
+
+@test "a write that would land on metadata is refused, the image marked corrupt, metadata intact" {
+  qemu-img create -q -f qcow2 "$T/o.qcow2" 4M
+  qemu-io -c 'write -P 1 0 64k' "$T/o.qcow2" >/dev/null
+  l1=$(od -An -tu8 --endian=big -j 40 -N 8 "$T/o.qcow2" | tr -d ' ')
+  rt=$(od -An -tu8 --endian=big -j 48 -N 8 "$T/o.qcow2" | tr -d ' ')
+  l2=$(( $(od -An -tu8 --endian=big -j "$l1" -N 8 "$T/o.qcow2" | tr -d ' ') & 0x00fffffffffffe00 ))
+  # Point guest cluster 0 at the refcount table (copied flag set: "owned").
+  printf '%016x' $(( rt | (1 << 63) )) | xxd -r -p | dd of="$T/o.qcow2" bs=1 seek="$l2" conv=notrunc status=none
+  before=$(dd if="$T/o.qcow2" bs=65536 skip=$((rt / 65536)) count=1 status=none | md5sum)
+  run "$RB_TOOL" write "$T/o.qcow2" 0 512 9
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"corrupt image"*"would overwrite metadata"* ]]
+  [ "$(dd if="$T/o.qcow2" bs=65536 skip=$((rt / 65536)) count=1 status=none | md5sum)" = "$before" ]
+  qemu-img info "$T/o.qcow2" | grep -q 'corrupt: true'
+}
