@@ -49,9 +49,13 @@ int64_t
 alloc_clusters (struct rb_image *img, uint64_t nr)
 {
   uint64_t start, c;
+  unsigned rounds = 0;
   bool created;
 
  again:
+  if (++rounds > 64)
+    return mark_corrupt (img, "cannot allocate %" PRIu64 " clusters: the refcount "
+                         "structure keeps changing under the search", nr);
   if (find_free_run (img, nr, &start) == -1)
     return -1;
   for (c = start; c < start + nr; c++) {

@@ -141,7 +141,10 @@ grow_reftable (struct rb_image *img, uint64_t rt_index)
   for (j = 0; j < k; j++)
     put_be64 (table + (old_entries + j) * 8, (S + j) * cs);
 
-  if (full_pwrite (img->fd, blocks, k * cs, S * cs, IO_REFTABLE_GROW) == -1 ||
+  if (S == 0)
+    return mark_corrupt (img, "empty refcount table");
+  if (overlap_check (img, S * cs, (k + T) * cs, OV_DATA) == -1 ||
+      full_pwrite (img->fd, blocks, k * cs, S * cs, IO_REFTABLE_GROW) == -1 ||
       full_pwrite (img->fd, table, T * cs, (S + k) * cs, IO_REFTABLE_GROW) == -1 ||
       file_sync (img->fd, IO_FLUSH) == -1)
     return -1;
@@ -194,8 +197,15 @@ refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *creat
   if (off != 0)
     return 0;
 
-  /* No block: every cluster of its range is free, so the first one can hold it. */
+  /* No block: every cluster of its range is free, so the first one can hold
+   * it.  In a sound image, that is; range 0 holds the header, so it always
+   * has a block, and nothing known may sit where the new block goes.
+   */
   b_off = (rt_index << img->refblock_bits) << img->cluster_bits;
+  if (rt_index == 0)
+    return mark_corrupt (img, "no refcount block covers the header cluster");
+  if (overlap_check (img, b_off, img->cluster_size, OV_DATA) == -1)
+    return -1;
   b = cache_get (img->rb_cache, b_off, true);
   if (!b)
     return -1;

@@ -1,0 +1,52 @@
+#!/bin/bash
+# rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+# Builds the libFuzzer targets with clang (ASan+UBSan), makes seeds with qemu-img, replays
+# tests/fuzz/regress/ and fuzzes each target for FUZZ_SECONDS.  Usage: run.sh [TARGET...]
+set -euo pipefail
+src=$(cd "$(dirname "$0")/../.." && pwd)
+out=${FUZZ_OUT:-$(mktemp -d)}
+secs=${FUZZ_SECONDS:-30}
+mkdir -p "$out"
+printf '#define PACKAGE_VERSION "fuzz"\n' > "$out/config.h"
+flags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I$out -I$src/lib -D_GNU_SOURCE"
+libsrc=$(ls "$src"/lib/*.c | grep -v '/writer\.c$' || true)
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz-image fuzz-model)
+
+seeds () {   # seeds for the image target, made by QEMU
+  local d=$1 i=0
+  mkdir -p "$d"
+  for opts in cluster_size=512 cluster_size=4096,compat=0.10 cluster_size=65536,refcount_bits=1 \
+              cluster_size=16384,extended_l2=on cluster_size=65536,refcount_bits=64; do
+    i=$((i + 1))
+    qemu-img create -q -f qcow2 -o "$opts" "$d/s$i.qcow2" 1M
+    qemu-io -c 'write -P 1 0 4k' -c 'write -z 64k 64k' -c 'write -P 2 300k 1k' "$d/s$i.qcow2" >/dev/null
+  done
+  head -c 256k /dev/urandom > "$out/r.raw"
+  qemu-img convert -c -O qcow2 -o cluster_size=4096 "$out/r.raw" "$d/comp.qcow2"
+  qemu-img snapshot -c s "$d/s1.qcow2"
+}
+
+rc=0
+for t in "${targets[@]}"; do
+  echo "== $t: build"
+  clang $flags -o "$out/$t" "$src/tests/fuzz/$t.c" $libsrc -lz -lzstd -lpthread
+  corpus="$out/corpus-$t"
+  mkdir -p "$corpus"
+  [ "$t" = fuzz-image ] && seeds "$corpus"
+  regress="$src/tests/fuzz/regress/$t"
+  mapfile -t inputs < <(find "$regress" -type f ! -name '.*' 2>/dev/null | sort)
+  if [ ${#inputs[@]} -gt 0 ]; then
+    echo "== $t: replay ${#inputs[@]} regression inputs"
+    "$out/$t" -runs=0 "${inputs[@]}" || rc=1
+  fi
+  echo "== $t: fuzz for ${secs}s"
+  dict=""
+  [ -f "$src/tests/fuzz/qcow2.dict" ] && [ "$t" = fuzz-image ] && dict="-dict=$src/tests/fuzz/qcow2.dict"
+  (cd "$out" && "$out/$t" $dict -max_total_time="$secs" -max_len=1048576 -rss_limit_mb=2048 \
+      -timeout=20 -print_final_stats=1 "$corpus" 2>&1 | tail -25) || rc=1
+  if ls "$out"/crash-* "$out"/leak-* "$out"/timeout-* 2>/dev/null | grep -q .; then
+    echo "== $t: crashers in $out"; rc=1
+  fi
+done
+exit $rc
