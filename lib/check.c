@@ -182,6 +182,28 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
       }
     }
   }
+
+  /* Refcounts set for clusters past the end of the file (qemu-img does not
+   * look there): leaks, freed by a leak repair.
+   */
+  for (i = k.nb_clusters >> img->refblock_bits; i < img->reftable_entries; i++) {
+    uint64_t c = MAX (i << img->refblock_bits, k.nb_clusters);
+    if (!(img->reftable[i] & REFT_OFFSET_MASK))
+      continue;
+    for (; c < (i + 1) << img->refblock_bits; c++) {
+      if (refcount_get (img, c, &rc) == -1)
+        return -1;
+      if (rc == 0)
+        continue;
+      res->leaks++;
+      res->leaks_past_eof++;
+      if ((flags & RB_CHECK_REPAIR_LEAKS) && !img->readonly) {
+        if (refcount_update (img, c, -(int64_t) rc) == -1)
+          return -1;
+        res->leaks_fixed++;
+      }
+    }
+  }
   return 0;
 }
 

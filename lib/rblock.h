@@ -181,6 +181,7 @@ struct rb_check_result {
   uint64_t image_end_offset;
   uint64_t leaks_fixed;
   uint64_t corruptions_fixed;
+  uint64_t leaks_past_eof;         /* refcounts set past the end of the file (included in leaks) */
 };
 #define RB_CHECK_REPAIR_LEAKS 0x1
 #define RB_CHECK_REPAIR_ALL   0x2   /* also raise refcounts that are too low */
