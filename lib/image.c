@@ -83,6 +83,31 @@ read_tables (struct rb_image *img)
   return refblocks_rebuild (img);
 }
 
+/* Serve internal snapshot `name` (id or name) instead of the active L1
+ * table: read-only, with the snapshot's disk size when it is recorded.
+ */
+static int
+select_snapshot (struct rb_image *img, const char *name)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->nb_snapshots; i++) {
+    struct snapshot *sn = &img->snapshots[i];
+    if (strcmp (sn->id, name) == 0 || strcmp (sn->name, name) == 0) {
+      uint64_t size = sn->disk_size ? sn->disk_size : img->size;
+      uint64_t need = DIV_ROUND_UP (size, img->cluster_size << img->l2_bits);
+      if (sn->l1_size < need)
+        return rb_error (EIO, "corrupt image: snapshot %s L1 table is too small", name);
+      img->l1_table_offset = sn->l1_table_offset;
+      img->l1_size = sn->l1_size;
+      img->size = size;
+      img->readonly = true;
+      return 0;
+    }
+  }
+  return rb_error (ENOENT, "%s: no internal snapshot with id or name \"%s\"", img->path, name);
+}
+
 /* Open path as a qcow2 image (or raw, for a backing file) at chain depth
  * depth.  Returns the image or NULL with the error recorded.
  */
@@ -173,7 +198,11 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   }
   if (img->incompatible_features & QCOW_INCOMPAT_CORRUPT)
     img->readonly = true;       /* invariant 7: corrupt bit means read-only */
-  if (snapshots_read (img) == -1 || read_tables (img) == -1)
+  if (snapshots_read (img) == -1)
+    goto err;
+  if (depth == 0 && opts && opts->snapshot && select_snapshot (img, opts->snapshot) == -1)
+    goto err;
+  if (read_tables (img) == -1)
     goto err;
 
   {

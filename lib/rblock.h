@@ -35,6 +35,7 @@ struct rb_open_opts {
   unsigned flags;                  /* RB_OPEN_* */
   uint64_t cache_size;             /* bytes of L2/refcount cache; 0 = default (32 MiB) */
   unsigned max_chain_depth;        /* 0 = default (32) */
+  const char *snapshot;            /* internal snapshot (id or name) to serve, read-only; NULL = active */
 };
 
 /* Open a qcow2 image (and its backing chain).  opts may be NULL.

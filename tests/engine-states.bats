@@ -127,3 +127,17 @@ make_dirty () {
   [ "$(dd if="$T/o.qcow2" bs=65536 skip=$((rt / 65536)) count=1 status=none | md5sum)" = "$before" ]
   qemu-img info "$T/o.qcow2" | grep -q 'corrupt: true'
 }
+
+@test "an internal snapshot is served read-only by name or id with its own contents" {
+  qemu-img create -q -f qcow2 "$T/s.qcow2" 4M
+  qemu-io -c 'write -P 1 0 1M' "$T/s.qcow2" >/dev/null
+  qemu-img snapshot -c first "$T/s.qcow2"
+  qemu-io -c 'write -P 2 0 2M' "$T/s.qcow2" >/dev/null
+  qemu-img convert -O raw -l snapshot.name=first "$T/s.qcow2" "$T/first.raw"
+  "$RB_TOOL" cat "$T/s.qcow2@first" > "$T/got.raw"
+  cmp "$T/got.raw" "$T/first.raw"
+  "$RB_TOOL" cat "$T/s.qcow2@1" | cmp - "$T/first.raw"
+  run "$RB_TOOL" cat "$T/s.qcow2@nosuch"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *'no internal snapshot with id or name "nosuch"'* ]]
+}

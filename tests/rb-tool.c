@@ -44,11 +44,20 @@ die (const char *what)
   exit (2);
 }
 
+/* Open path; "IMG@SNAP" opens internal snapshot SNAP. */
 static struct rb_image *
 open_image (const char *path, bool ro)
 {
   struct rb_open_opts o = { .flags = ro ? RB_OPEN_RDONLY : 0 };
-  struct rb_image *img = rb_open (path, &o);
+  char *p = strdup (path), *at = strrchr (p, '@');
+  struct rb_image *img;
+
+  if (at) {
+    *at = '\0';
+    o.snapshot = at + 1;
+  }
+  img = rb_open (p, &o);
+  free (p);
 
   if (!img)
     die ("open");
