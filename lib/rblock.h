@@ -24,6 +24,8 @@ struct rb_image;
  */
 const char *rb_errmsg (void);      /* last error message of this thread ("" if none) */
 int rb_errno (void);               /* errno that went with it */
+/* Record an error the same way (for the layers above: RPC, utilities).  Returns -1. */
+int rb_error (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 
 /* ---- open / close ---- */
 #define RB_OPEN_RDONLY    0x1      /* never write to the image */
