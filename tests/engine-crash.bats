@@ -11,6 +11,7 @@ crash_loop () {   # qemu-img create options, size, rounds
     rm -rf "$T/d" "$T/img.qcow2"; mkdir -p "$T/d"
     qemu-img create -q -f qcow2 -o "$1" "$T/img.qcow2" "$2"
     qemu-img convert -O raw "$T/img.qcow2" "$T/d/mirror"
+    cp "$T/d/mirror" "$T/d/flushed"     # the state before the first flush: the empty disk
     "$RB_TOOL" random "$T/img.qcow2" "$T/d" "$i" 1000000 2>"$T/err" &
     pid=$!
     delay=$(( (i * 37) % 400 + 20 ))
