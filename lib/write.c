@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "internal.h"
@@ -32,6 +33,24 @@ writable (struct rb_image *img)
   if (img->corrupt)
     return rb_error (EIO, "%s: image is marked corrupt; no more writes", img->path);
   return 0;
+}
+
+/* Give back nr clusters at host that were allocated for a write that failed
+ * before anything pointed at them: no pointer exists, so the refcount can
+ * drop at once (a full disk then leaves no leak).  Best effort.
+ */
+static void
+release_unused (struct rb_image *img, uint64_t host, uint64_t nr)
+{
+  int e = errno;
+  char msg[512];
+  uint64_t i;
+
+  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  for (i = 0; i < nr; i++)
+    if (refcount_update (img, (host >> img->cluster_bits) + i, -1) == -1)
+      break;
+  rb_error (e, "%s", msg);      /* report the original failure */
 }
 
 /* Return the L2 table of l1_index pinned for modification in *table,
@@ -201,8 +220,10 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
       wto = cs;
     }
     if (fill_old (img, cstart, entry, bitmap, buf, wfrom, in) == -1 ||
-        fill_old (img, cstart, entry, bitmap, buf, in + len, wto) == -1)
+        fill_old (img, cstart, entry, bitmap, buf, in + len, wto) == -1) {
+      release_unused (img, host, 1);
       goto err;
+    }
   }
   memcpy (buf + in, data, len);
 
@@ -210,8 +231,11 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
    * the L2 entry that exposes it; the cache writes L2 tables only after a sync.
    */
   if (overlap_check (img, host + wfrom, wto - wfrom, OV_DATA) == -1 ||
-      full_pwrite (img->fd, buf + wfrom, wto - wfrom, host + wfrom, IO_DATA_WRITE) == -1)
+      full_pwrite (img->fd, buf + wfrom, wto - wfrom, host + wfrom, IO_DATA_WRITE) == -1) {
+    if (fresh)
+      release_unused (img, host, 1);
     goto err;
+  }
   img->data_unsynced = true;
 
   new_entry = host | QCOW_OFLAG_COPIED;
@@ -271,8 +295,10 @@ write_whole_clusters (struct rb_image *img, uint64_t guest_offset, uint64_t nr, 
     goto out_err;
   /* Invariant 2: data first; the cached L2 entries change after. */
   if (overlap_check (img, host, nr << img->cluster_bits, OV_DATA) == -1 ||
-      full_pwrite (img->fd, data, nr << img->cluster_bits, host, IO_DATA_WRITE) == -1)
+      full_pwrite (img->fd, data, nr << img->cluster_bits, host, IO_DATA_WRITE) == -1) {
+    release_unused (img, host, nr);
     goto out_err;
+  }
   img->data_unsynced = true;
   for (i = 0; i < nr; i++) {
     uint8_t *ep = table + (idx + i) * img->l2_entry_size;
