@@ -1,5 +1,10 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
- * Creates an empty qcow2 image: header (with extensions), refcount table and blocks, L1 table.
+ * Writes whole qcow2 images in one sequential pass: layout up front, data, then metadata.
+ *
+ * Layout: [header][refcount table][refcount blocks][L1][data ...][L2 tables].
+ * The refcount blocks are sized for an upper bound of the final file given by
+ * the caller; the L2 tables go after the data, so no space is reserved for
+ * them.  The header is written last, then the file is synced.
  */
 #include <config.h>
 
@@ -18,18 +23,24 @@ static const struct { uint8_t group, bit; const char *name; } feature_table[] = 
   { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
 };
 
-/* Append one header extension at *off in hdr (cluster-sized); returns 0 / -1. */
-static int
-put_ext (uint8_t *hdr, uint64_t cs, uint64_t *off, uint32_t type, const void *data, uint32_t len)
-{
-  if (*off + 8 + ROUND_UP ((uint64_t) len, 8) + 8 > cs)
-    return rb_error (EINVAL, "header extensions do not fit in one cluster");
-  put_be32 (hdr + *off, type);
-  put_be32 (hdr + *off + 4, len);
-  memcpy (hdr + *off + 8, data, len);
-  *off += 8 + ROUND_UP ((uint64_t) len, 8);
-  return 0;
-}
+struct rb_writer {
+  char *path;
+  int fd;
+  struct rb_create_opts o;
+  bool compress;
+  uint64_t cs;
+  unsigned cluster_bits, refcount_order;
+  uint64_t l2_entries, entry_size, l1_size, rb_entries;
+  uint64_t rt_off, rt_clusters, rb_off, rb_clusters, l1_off, l1_clusters;
+  uint64_t next;            /* next free host byte in the data area */
+  uint64_t *refcount;       /* per host cluster */
+  uint64_t nr_refcount;
+  uint8_t **l2;             /* per L1 entry, NULL if unused */
+  uint8_t *cbuf;            /* compression output */
+  uint64_t last_gc;         /* for order checking */
+  bool any;
+  bool no_sync;             /* skip the syncs (the caller accepts the risk) */
+};
 
 /* Validate opts and fill defaults into *o.  Returns 0 / -1 (EINVAL). */
 static int
@@ -59,59 +70,46 @@ check_opts (const struct rb_create_opts *in, struct rb_create_opts *o)
   return 0;
 }
 
-int
-rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite)
+/* Append one header extension at *off in hdr (cluster-sized). */
+static int
+put_ext (uint8_t *hdr, uint64_t cs, uint64_t *off, uint32_t type, const void *data, uint32_t len)
 {
-  struct rb_create_opts o;
-  uint64_t cs, l2_entries, l1_size, l1_clusters, rt_clusters = 1, rb_clusters = 1, total, entries;
-  uint64_t off, i, c;
-  unsigned order = 0;
-  CLEANUP_FREE uint8_t *buf = NULL;
-  int fd;
+  if (*off + 8 + ROUND_UP ((uint64_t) len, 8) + 8 > cs)
+    return rb_error (EINVAL, "header extensions do not fit in one cluster");
+  put_be32 (hdr + *off, type);
+  put_be32 (hdr + *off + 4, len);
+  memcpy (hdr + *off + 8, data, len);
+  *off += 8 + ROUND_UP ((uint64_t) len, 8);
+  return 0;
+}
 
-  if (check_opts (opts, &o) == -1)
-    return -1;
-  cs = o.cluster_size;
-  while ((1U << order) < o.refcount_bits)
-    order++;
-  l2_entries = cs / (o.extended_l2 ? 16 : 8);
-  l1_size = DIV_ROUND_UP (o.size, cs * l2_entries);
-  if (l1_size * 8 > QCOW_MAX_L1_BYTES)
-    return rb_error (EINVAL, "virtual size too large for this cluster size");
-  l1_clusters = MAX (DIV_ROUND_UP (l1_size * 8, cs), 1);
-  entries = cs * 8 / o.refcount_bits;           /* refcounts per block */
-  for (;;) {
-    total = 1 + rt_clusters + rb_clusters + l1_clusters;
-    if (rb_clusters * entries >= total && rt_clusters * cs / 8 >= rb_clusters)
-      break;
-    if (rb_clusters * entries < total) rb_clusters++;
-    else rt_clusters++;
-  }
+/* Build the header cluster for w in buf (cs bytes, zeroed). */
+static int
+build_header (struct rb_writer *w, uint8_t *buf)
+{
+  const struct rb_create_opts *o = &w->o;
+  uint64_t off = QCOW_V2_HEADER_LENGTH, i;
 
-  buf = calloc (total, cs);
-  if (!buf)
-    return rb_error (ENOMEM, "out of memory");
-  /* Header (cluster 0). */
   put_be32 (buf + HDR_MAGIC, QCOW_MAGIC);
-  put_be32 (buf + HDR_VERSION, o.version);
-  put_be32 (buf + HDR_CLUSTER_BITS, __builtin_ctzll (cs));
-  put_be64 (buf + HDR_SIZE, o.size);
-  put_be32 (buf + HDR_L1_SIZE, l1_size);
-  put_be64 (buf + HDR_L1_TABLE_OFFSET, (1 + rt_clusters + rb_clusters) * cs);
-  put_be64 (buf + HDR_REFCOUNT_TABLE_OFFSET, cs);
-  put_be32 (buf + HDR_REFCOUNT_TABLE_CLUSTERS, rt_clusters);
-  off = QCOW_V2_HEADER_LENGTH;
-  if (o.version == 3) {
-    uint64_t incompat = (o.compression_type ? QCOW_INCOMPAT_COMPRESSION : 0) |
-      (o.extended_l2 ? QCOW_INCOMPAT_EXTL2 : 0);
+  put_be32 (buf + HDR_VERSION, o->version);
+  put_be32 (buf + HDR_CLUSTER_BITS, w->cluster_bits);
+  put_be64 (buf + HDR_SIZE, o->size);
+  put_be32 (buf + HDR_L1_SIZE, w->l1_size);
+  put_be64 (buf + HDR_L1_TABLE_OFFSET, w->l1_off);
+  put_be64 (buf + HDR_REFCOUNT_TABLE_OFFSET, w->rt_off);
+  put_be32 (buf + HDR_REFCOUNT_TABLE_CLUSTERS, w->rt_clusters);
+  if (o->version == 3) {
     uint8_t ft[sizeof feature_table / sizeof feature_table[0] * 48];
-    put_be64 (buf + HDR_INCOMPATIBLE_FEATURES, incompat);
-    put_be32 (buf + HDR_REFCOUNT_ORDER, order);
+    put_be64 (buf + HDR_INCOMPATIBLE_FEATURES,
+              (o->compression_type ? QCOW_INCOMPAT_COMPRESSION : 0) |
+              (o->extended_l2 ? QCOW_INCOMPAT_EXTL2 : 0));
+    put_be32 (buf + HDR_REFCOUNT_ORDER, w->refcount_order);
     put_be32 (buf + HDR_HEADER_LENGTH, 112);
-    buf[HDR_COMPRESSION_TYPE] = o.compression_type;
+    buf[HDR_COMPRESSION_TYPE] = o->compression_type;
     off = 112;
-    if (o.backing_format &&
-        put_ext (buf, cs, &off, QCOW_EXT_BACKING_FORMAT, o.backing_format, strlen (o.backing_format)) == -1)
+    if (o->backing_format &&
+        put_ext (buf, w->cs, &off, QCOW_EXT_BACKING_FORMAT, o->backing_format,
+                 strlen (o->backing_format)) == -1)
       return -1;
     memset (ft, 0, sizeof ft);
     for (i = 0; i < sizeof feature_table / sizeof feature_table[0]; i++) {
@@ -119,52 +117,385 @@ rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite)
       ft[i * 48 + 1] = feature_table[i].bit;
       memcpy (ft + i * 48 + 2, feature_table[i].name, strlen (feature_table[i].name));
     }
-    /* The feature table is informative; skip it when clusters are tiny. */
-    if (off + 8 + sizeof ft + 8 + (o.backing_file ? strlen (o.backing_file) : 0) <= cs &&
-        put_ext (buf, cs, &off, QCOW_EXT_FEATURE_TABLE, ft, sizeof ft) == -1)
+    /* The feature table is informative; left out when clusters are tiny. */
+    if (off + 8 + sizeof ft + 8 + (o->backing_file ? strlen (o->backing_file) : 0) <= w->cs &&
+        put_ext (buf, w->cs, &off, QCOW_EXT_FEATURE_TABLE, ft, sizeof ft) == -1)
       return -1;
   }
-  else if (o.backing_format &&
-           put_ext (buf, cs, &off, QCOW_EXT_BACKING_FORMAT, o.backing_format,
-                    strlen (o.backing_format)) == -1)
+  else if (o->backing_format &&
+           put_ext (buf, w->cs, &off, QCOW_EXT_BACKING_FORMAT, o->backing_format,
+                    strlen (o->backing_format)) == -1)
     return -1;
-  off += 8;                                     /* end-of-extensions marker (zeros) */
-  if (o.backing_file) {
-    size_t len = strlen (o.backing_file);
-    if (off + len > cs)
+  off += 8;                                     /* end-of-extensions marker */
+  if (o->backing_file) {
+    size_t len = strlen (o->backing_file);
+    if (off + len > w->cs)
       return rb_error (EINVAL, "backing file name does not fit in the header cluster");
     put_be64 (buf + HDR_BACKING_FILE_OFFSET, off);
     put_be32 (buf + HDR_BACKING_FILE_SIZE, len);
-    memcpy (buf + off, o.backing_file, len);
+    memcpy (buf + off, o->backing_file, len);
   }
-  /* Refcount table and blocks: every cluster of the file counted once. */
-  for (i = 0; i < rb_clusters; i++)
-    put_be64 (buf + cs + i * 8, (1 + rt_clusters + i) * cs);
-  for (c = 0; c < total; c++) {
-    uint8_t *b = buf + (1 + rt_clusters + c / entries) * cs;
-    uint64_t e = c % entries;
-    switch (order) {
-    case 0: b[e / 8] |= 1 << (e % 8); break;
-    case 1: b[e / 4] |= 1 << (2 * (e % 4)); break;
-    case 2: b[e / 2] |= 1 << (4 * (e % 2)); break;
-    case 3: b[e] = 1; break;
-    case 4: put_be16 (b + 2 * e, 1); break;
-    case 5: put_be32 (b + 4 * e, 1); break;
-    default: put_be64 (b + 8 * e, 1); break;
+  return 0;
+}
+
+/* Count one more reference to host cluster c. */
+static int
+ref_cluster (struct rb_writer *w, uint64_t c)
+{
+  if (c >= w->nr_refcount) {
+    uint64_t n = MAX (c + 1, w->nr_refcount * 2);
+    uint64_t *r = realloc (w->refcount, n * sizeof *r);
+    if (!r)
+      return rb_error (ENOMEM, "out of memory");
+    memset (r + w->nr_refcount, 0, (n - w->nr_refcount) * sizeof *r);
+    w->refcount = r;
+    w->nr_refcount = n;
+  }
+  w->refcount[c]++;
+  return 0;
+}
+
+void
+rb_writer_abort (struct rb_writer *w)
+{
+  uint64_t i;
+
+  if (!w)
+    return;
+  if (w->fd >= 0) {
+    close (w->fd);
+    unlink (w->path);
+  }
+  if (w->l2)
+    for (i = 0; i < w->l1_size; i++)
+      free (w->l2[i]);
+  free (w->l2);
+  free ((char *) w->o.backing_file);
+  free ((char *) w->o.backing_format);
+  free (w->refcount);
+  free (w->cbuf);
+  free (w->path);
+  free (w);
+}
+
+/* Create path (O_EXCL unless overwrite) for an image that will hold at most
+ * max_data_clusters clusters of data.  Returns the writer or NULL.
+ */
+struct rb_writer *
+rb_writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
+               uint64_t max_data_clusters, bool compress)
+{
+  struct rb_writer *w = calloc (1, sizeof *w);
+  uint64_t total;
+
+  if (!w) {
+    rb_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  w->fd = -1;
+  if (check_opts (opts, &w->o) == -1) {
+    w->o.backing_file = w->o.backing_format = NULL;
+    goto err;
+  }
+  w->o.backing_file = w->o.backing_format = NULL;     /* copied below */
+  w->path = strdup (path);
+  w->cs = w->o.cluster_size;
+  w->cluster_bits = __builtin_ctzll (w->cs);
+  while ((1U << w->refcount_order) < w->o.refcount_bits)
+    w->refcount_order++;
+  w->entry_size = w->o.extended_l2 ? 16 : 8;
+  w->l2_entries = w->cs / w->entry_size;
+  w->l1_size = DIV_ROUND_UP (w->o.size, w->cs * w->l2_entries);
+  if (w->l1_size * 8 > QCOW_MAX_L1_BYTES) {
+    rb_error (EINVAL, "virtual size too large for %" PRIu64 "-byte clusters", w->cs);
+    goto err;
+  }
+  w->l1_clusters = MAX (DIV_ROUND_UP (w->l1_size * 8, w->cs), 1);
+  w->rb_entries = w->cs * 8 / w->o.refcount_bits;
+  w->rt_clusters = w->rb_clusters = 1;
+  for (;;) {
+    /* Upper bound of the final file: metadata, data, one L2 table per L1 entry. */
+    total = 1 + w->rt_clusters + w->rb_clusters + w->l1_clusters + max_data_clusters + w->l1_size + 1;
+    if (w->rb_clusters * w->rb_entries >= total && w->rt_clusters * w->cs / 8 >= w->rb_clusters)
+      break;
+    if (w->rb_clusters * w->rb_entries < total)
+      w->rb_clusters = DIV_ROUND_UP (total, w->rb_entries);
+    else
+      w->rt_clusters++;
+  }
+  if (w->rt_clusters * w->cs > MAX (QCOW_MAX_REFTABLE_BYTES, w->cs)) {
+    rb_error (EFBIG, "image too large for %" PRIu64 "-byte clusters", w->cs);
+    goto err;
+  }
+  w->rt_off = w->cs;
+  w->rb_off = w->rt_off + w->rt_clusters * w->cs;
+  w->l1_off = w->rb_off + w->rb_clusters * w->cs;
+  w->next = w->l1_off + w->l1_clusters * w->cs;
+  w->l2 = calloc (MAX (w->l1_size, 1), sizeof *w->l2);
+  w->compress = compress;
+  if (compress)
+    w->cbuf = malloc (w->cs);
+  if (!w->path || !w->l2 || (compress && !w->cbuf) ||
+      (opts->backing_file && !(w->o.backing_file = strdup (opts->backing_file))) ||
+      (opts->backing_format && !(w->o.backing_format = strdup (opts->backing_format)))) {
+    rb_error (ENOMEM, "out of memory");
+    goto err;
+  }
+  w->fd = open (path, O_WRONLY | O_CREAT | O_CLOEXEC | (overwrite ? O_TRUNC : O_EXCL), 0644);
+  if (w->fd == -1) {
+    rb_error_errno (errno, "%s", path);
+    goto err;
+  }
+  return w;
+
+ err:
+  rb_writer_abort (w);
+  return NULL;
+}
+
+static uint8_t *l2_slot (struct rb_writer *w, uint64_t gc);
+
+/* Store nr consecutive guest clusters of data from gc on with one write
+ * (no compression, no extended L2: the common case of a conversion).
+ */
+int
+rb_writer_put_run (struct rb_writer *w, uint64_t gc, const void *data, uint64_t nr)
+{
+  uint64_t host, i;
+
+  if (w->compress || w->o.extended_l2 || nr == 1) {
+    for (i = 0; i < nr; i++)
+      if (rb_writer_put (w, gc + i, (const uint8_t *) data + i * w->cs, 1, 0) == -1)
+        return -1;
+    return 0;
+  }
+  if (gc + nr > DIV_ROUND_UP (w->o.size, w->cs) || (w->any && gc <= w->last_gc))
+    return rb_error (EINVAL, "writer: clusters %" PRIu64 "+%" PRIu64 " out of order or range", gc, nr);
+  host = ROUND_UP (w->next, w->cs);
+  if (full_pwrite (w->fd, data, nr * w->cs, host, IO_DATA_WRITE) == -1)
+    return -1;
+  for (i = 0; i < nr; i++) {
+    uint8_t *e = l2_slot (w, gc + i);
+    if (!e || ref_cluster (w, host / w->cs + i) == -1)
+      return -1;
+    put_be64 (e, (host + i * w->cs) | QCOW_OFLAG_COPIED);
+  }
+  w->any = true;
+  w->last_gc = gc + nr - 1;
+  w->next = host + nr * w->cs;
+  return 0;
+}
+
+/* The L2 entry slot of guest cluster gc (allocating the table). */
+static uint8_t *
+l2_slot (struct rb_writer *w, uint64_t gc)
+{
+  uint64_t l1 = gc / w->l2_entries;
+
+  if (!w->l2[l1] && !(w->l2[l1] = calloc (1, w->cs))) {
+    rb_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  return w->l2[l1] + (gc % w->l2_entries) * w->entry_size;
+}
+
+/* Store guest cluster gc (in increasing order).  Without extended L2:
+ * alloc_mask 1 stores data (cs bytes, compressed when asked and smaller),
+ * zero_mask 1 makes a zero cluster (version 3).  With extended L2 the masks
+ * are per subcluster and only allocated subclusters of data are written.
+ */
+int
+rb_writer_put (struct rb_writer *w, uint64_t gc, const void *data,
+               uint32_t alloc_mask, uint32_t zero_mask)
+{
+  uint8_t *e;
+  uint64_t host, c;
+
+  if (gc >= DIV_ROUND_UP (w->o.size, w->cs) || (w->any && gc <= w->last_gc))
+    return rb_error (EINVAL, "writer: cluster %" PRIu64 " out of order or range", gc);
+  w->any = true;
+  w->last_gc = gc;
+  if (!alloc_mask && !zero_mask)
+    return 0;
+  if (zero_mask && w->o.version < 3)
+    return rb_error (EINVAL, "writer: zero clusters need compat 1.1");
+  e = l2_slot (w, gc);
+  if (!e)
+    return -1;
+
+  if (!w->o.extended_l2 && !alloc_mask) {
+    put_be64 (e, QCOW_OFLAG_ZERO);
+    return 0;
+  }
+  if (w->compress && !w->o.extended_l2) {
+    ssize_t n = compress_buffer (w->o.compression_type, data, w->cs, w->cbuf, w->cs - 1);
+    if (n == -1)
+      return -1;
+    if (n > 0 && (uint64_t) n < w->cs - 512) {
+      uint64_t nb_sectors = DIV_ROUND_UP ((w->next & 511) + n, 512);
+      unsigned shift = 62 - (w->cluster_bits - 8);
+      if (full_pwrite (w->fd, w->cbuf, n, w->next, IO_DATA_WRITE) == -1)
+        return -1;
+      put_be64 (e, QCOW_OFLAG_COMPRESSED | w->next | ((nb_sectors - 1) << shift));
+      for (c = w->next / w->cs; c <= (w->next + n - 1) / w->cs; c++)
+        if (ref_cluster (w, c) == -1)
+          return -1;
+      w->next += n;
+      return 0;
     }
   }
-
-  fd = open (path, O_WRONLY | O_CREAT | O_CLOEXEC | (overwrite ? O_TRUNC : O_EXCL), 0644);
-  if (fd == -1)
-    return rb_error_errno (errno, "%s", path);
-  if (full_pwrite (fd, buf, total * cs, 0, IO_CREATE) == -1 || file_sync (fd, IO_FLUSH) == -1) {
-    int e = errno;
-    close (fd);
-    unlink (path);
-    errno = e;
-    return -1;
+  /* A normal cluster: aligned after any compressed bytes. */
+  host = ROUND_UP (w->next, w->cs);
+  if (!w->o.extended_l2) {
+    if (full_pwrite (w->fd, data, w->cs, host, IO_DATA_WRITE) == -1)
+      return -1;
+    put_be64 (e, host | QCOW_OFLAG_COPIED);
   }
-  if (close (fd) == -1)
-    return rb_error_errno (errno, "close %s", path);
+  else {
+    uint64_t scs = w->cs / QCOW_SUBCLUSTERS;
+    unsigned sc = 0;
+    while (sc < QCOW_SUBCLUSTERS) {      /* runs of allocated subclusters */
+      unsigned end = sc;
+      if (!(alloc_mask >> sc & 1)) {
+        sc++;
+        continue;
+      }
+      while (end < QCOW_SUBCLUSTERS && (alloc_mask >> end & 1))
+        end++;
+      if (full_pwrite (w->fd, (const uint8_t *) data + sc * scs, (end - sc) * scs,
+                       host + sc * scs, IO_DATA_WRITE) == -1)
+        return -1;
+      sc = end;
+    }
+    put_be64 (e, alloc_mask ? (host | QCOW_OFLAG_COPIED) : 0);
+    put_be64 (e + 8, ((uint64_t) (zero_mask & ~alloc_mask) << 32) | alloc_mask);
+    if (!alloc_mask)
+      return 0;
+  }
+  if (ref_cluster (w, host / w->cs) == -1)
+    return -1;
+  w->next = host + w->cs;
   return 0;
+}
+
+/* Write the L2 tables, L1, refcounts and the header; sync and close.
+ * Returns 0, or -1 (the file is removed).
+ */
+int
+rb_writer_finish (struct rb_writer *w)
+{
+  uint64_t i, c, end, nb_clusters, needed_rb, shift;
+  CLEANUP_FREE uint8_t *buf = NULL;
+  CLEANUP_FREE uint8_t *meta = NULL;
+  int r = -1;
+
+  end = ROUND_UP (w->next, w->cs);
+  /* L2 tables after the data. */
+  meta = calloc (w->l1_clusters, w->cs);
+  buf = calloc (1, w->cs);
+  if (!meta || !buf) {
+    rb_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  for (i = 0; i < w->l1_size; i++) {
+    if (!w->l2[i])
+      continue;
+    if (full_pwrite (w->fd, w->l2[i], w->cs, end, IO_L2_ALLOC) == -1 ||
+        ref_cluster (w, end / w->cs) == -1)
+      goto out;
+    put_be64 (meta + i * 8, end | QCOW_OFLAG_COPIED);
+    end += w->cs;
+  }
+  /* Only the entries (the rest of the clusters stay holes, reading as zeros). */
+  if (full_pwrite (w->fd, meta, MIN (ROUND_UP (w->l1_size * 8, 4096), w->l1_clusters * w->cs),
+                   w->l1_off, IO_L1_UPDATE) == -1)
+    goto out;
+
+  /* Refcounts of the fixed metadata; reserved refcount blocks that the
+   * final size does not need stay free (and unwritten).
+   */
+  nb_clusters = MAX (end, w->l1_off + w->l1_clusters * w->cs) / w->cs;
+  needed_rb = DIV_ROUND_UP (nb_clusters, w->rb_entries);
+  for (c = 0; c < w->l1_off / w->cs + w->l1_clusters; c++) {
+    if (c >= w->rb_off / w->cs + needed_rb && c < w->l1_off / w->cs)
+      continue;
+    if (ref_cluster (w, c) == -1)
+      goto out;
+  }
+  if (needed_rb > w->rb_clusters) {
+    rb_error (EIO, "writer: refcount blocks underestimated (%" PRIu64 " > %" PRIu64 ")",
+              needed_rb, w->rb_clusters);
+    goto out;
+  }
+  /* Refcount blocks and the table. */
+  for (i = 0; i < needed_rb; i++) {
+    memset (buf, 0, w->cs);
+    for (c = i * w->rb_entries; c < (i + 1) * w->rb_entries && c < w->nr_refcount; c++) {
+      uint64_t v = w->refcount[c], k = c - i * w->rb_entries;
+      if (!v)
+        continue;
+      switch (w->refcount_order) {
+      case 0: case 1: case 2:
+        shift = (k % (8 >> w->refcount_order)) << w->refcount_order;
+        buf[k >> (3 - w->refcount_order)] |= v << shift;
+        break;
+      case 3: buf[k] = v; break;
+      case 4: put_be16 (buf + 2 * k, v); break;
+      case 5: put_be32 (buf + 4 * k, v); break;
+      default: put_be64 (buf + 8 * k, v); break;
+      }
+    }
+    if (full_pwrite (w->fd, buf, w->cs, w->rb_off + i * w->cs, IO_REFBLOCK_ALLOC) == -1)
+      goto out;
+  }
+  {
+    CLEANUP_FREE uint8_t *rt = calloc (w->rt_clusters, w->cs);
+    if (!rt) {
+      rb_error (ENOMEM, "out of memory");
+      goto out;
+    }
+    for (i = 0; i < needed_rb; i++)
+      put_be64 (rt + i * 8, w->rb_off + i * w->cs);
+    if (full_pwrite (w->fd, rt, MIN (ROUND_UP (needed_rb * 8, 4096), w->rt_clusters * w->cs),
+                     w->rt_off, IO_REFTABLE_GROW) == -1)
+      goto out;
+  }
+  /* The file covers every cluster it counts (the data area may end in a hole). */
+  if (ftruncate (w->fd, MAX (end, w->l1_off + w->l1_clusters * w->cs)) == -1) {
+    rb_error_errno (errno, "%s: ftruncate", w->path);
+    goto out;
+  }
+  memset (buf, 0, w->cs);
+  /* Everything else is durable before the header makes it an image. */
+  if (build_header (w, buf) == -1 ||
+      (!w->no_sync && file_sync (w->fd, IO_FLUSH) == -1) ||
+      full_pwrite (w->fd, buf, w->cs, 0, IO_HEADER_UPDATE) == -1 ||
+      (!w->no_sync && file_sync (w->fd, IO_FLUSH) == -1))
+    goto out;
+  if (close (w->fd) == -1) {
+    rb_error_errno (errno, "%s: close", w->path);
+    w->fd = -1;
+    unlink (w->path);
+    goto out;
+  }
+  w->fd = -1;
+  r = 0;
+ out:
+  rb_writer_abort (w);
+  return r;
+}
+
+void
+rb_writer_no_sync (struct rb_writer *w)
+{
+  w->no_sync = true;
+}
+
+/* An empty image: the writer with no data. */
+int
+rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite)
+{
+  struct rb_writer *w = rb_writer_new (path, opts, overwrite, 0, false);
+
+  return w ? rb_writer_finish (w) : -1;
 }

@@ -217,6 +217,31 @@ struct rb_create_opts {
 /* Create an empty image at path (O_EXCL unless overwrite).  Returns 0 / -1. */
 int rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite);
 
+/* ---- streaming writer: a whole image in one sequential pass (rb-convert, rb-delta) ----
+ * rb_writer_new lays out header, refcount table and blocks (sized for at most
+ * max_data_clusters data clusters) and L1; rb_writer_put stores guest clusters
+ * in increasing order; rb_writer_finish writes the L2 tables after the data,
+ * then L1, refcounts and the header, and syncs.  rb_writer_abort removes the
+ * file.  Both end the writer.
+ */
+struct rb_writer;
+struct rb_writer *rb_writer_new (const char *path, const struct rb_create_opts *opts,
+                                 bool overwrite, uint64_t max_data_clusters, bool compress);
+/* Without extended L2: alloc_mask 1 = data (cluster_size bytes), zero_mask 1
+ * = zero cluster, both 0 = unallocated.  With extended L2: one bit per
+ * subcluster; only allocated subclusters of data are written.
+ */
+int rb_writer_put (struct rb_writer *w, uint64_t guest_cluster, const void *data,
+                   uint32_t alloc_mask, uint32_t zero_mask);
+/* nr consecutive data clusters with one write (no compression, no extended L2). */
+int rb_writer_put_run (struct rb_writer *w, uint64_t guest_cluster, const void *data, uint64_t nr);
+/* Do not fsync in rb_writer_finish (faster; a power failure may then leave
+ * an incomplete file).
+ */
+void rb_writer_no_sync (struct rb_writer *w);
+int rb_writer_finish (struct rb_writer *w);
+void rb_writer_abort (struct rb_writer *w);
+
 #ifdef __cplusplus
 }
 #endif

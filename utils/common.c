@@ -1,0 +1,180 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Shared pieces of the command-line utilities: sizes, progress, safe outputs, exit codes.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+static char tmp_path[4096];
+static char final_path[4096];
+
+void
+die (int status, const char *fmt, ...)
+{
+  va_list ap;
+
+  output_discard ();
+  fprintf (stderr, "%s: ", progname);
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fputc ('\n', stderr);
+  exit (status);
+}
+
+void
+die_rb (void)
+{
+  die (EXIT_TROUBLE, "%s", rb_errmsg ());
+}
+
+int64_t
+parse_size (const char *s)
+{
+  char *end;
+  unsigned long long v;
+
+  errno = 0;
+  v = strtoull (s, &end, 10);
+  if (errno || end == s)
+    return -1;
+  switch (*end) {
+  case 'k': case 'K': v <<= 10; end++; break;
+  case 'm': case 'M': v <<= 20; end++; break;
+  case 'g': case 'G': v <<= 30; end++; break;
+  default: break;
+  }
+  if (*end == 'B' || *end == 'b')
+    end++;
+  return *end ? -1 : (int64_t) v;
+}
+
+double
+now (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void
+progress_init (struct progress *p, bool wanted, uint64_t total)
+{
+  p->on = wanted && isatty (2);
+  p->total = total;
+  p->done = 0;
+  p->start = p->last = now ();
+}
+
+static void
+human (char *buf, size_t n, double v)
+{
+  const char *u = "B";
+  if (v >= 1 << 30) { v /= 1 << 30; u = "GiB"; }
+  else if (v >= 1 << 20) { v /= 1 << 20; u = "MiB"; }
+  else if (v >= 1 << 10) { v /= 1 << 10; u = "KiB"; }
+  snprintf (buf, n, "%.1f %s", v, u);
+}
+
+void
+progress_update (struct progress *p, uint64_t done)
+{
+  double t = now (), rate, pct;
+  char a[32], b[32], r[32];
+
+  p->done = done;
+  if (!p->on || t - p->last < 0.2)
+    return;
+  p->last = t;
+  rate = done / MAX (t - p->start, 1e-6);
+  pct = p->total ? 100.0 * done / p->total : 100;
+  human (a, sizeof a, done);
+  human (b, sizeof b, p->total);
+  human (r, sizeof r, rate);
+  fprintf (stderr, "\r%5.1f%%  %s / %s  %s/s  ETA %.0fs   ", pct, a, b, r,
+           rate > 0 ? (p->total - done) / rate : 0);
+}
+
+void
+progress_end (struct progress *p)
+{
+  if (p->on) {
+    p->last = 0;
+    progress_update (p, p->total);
+    fputc ('\n', stderr);
+  }
+}
+
+static void
+on_signal (int sig)
+{
+  if (tmp_path[0])
+    unlink (tmp_path);
+  signal (sig, SIG_DFL);
+  raise (sig);
+}
+
+const char *
+output_prepare (const char *output, bool force, struct source **sources, int nr)
+{
+  struct stat st;
+  char *copy, *dir;
+  int i;
+
+  if (stat (output, &st) == 0) {
+    for (i = 0; i < nr; i++)
+      if (sources[i] && sources[i]->dev == st.st_dev && sources[i]->ino == st.st_ino)
+        die (EXIT_TROUBLE, "%s: refusing to overwrite an input", output);
+    if (!force)
+      die (EXIT_TROUBLE, "%s: already exists (use --force to overwrite it)", output);
+    if (!S_ISREG (st.st_mode))
+      die (EXIT_TROUBLE, "%s: not a regular file", output);
+  }
+  copy = strdup (output);
+  if (!copy)
+    die (EXIT_TROUBLE, "out of memory");
+  dir = dirname (copy);
+  if (snprintf (tmp_path, sizeof tmp_path, "%s/.%s.tmp.%d", dir,
+                strrchr (output, '/') ? strrchr (output, '/') + 1 : output,
+                (int) getpid ()) >= (int) sizeof tmp_path ||
+      snprintf (final_path, sizeof final_path, "%s", output) >= (int) sizeof final_path)
+    die (EXIT_TROUBLE, "%s: name too long", output);
+  free (copy);
+  signal (SIGINT, on_signal);
+  signal (SIGTERM, on_signal);
+  signal (SIGHUP, on_signal);
+  return tmp_path;
+}
+
+int
+output_commit (void)
+{
+  if (rename (tmp_path, final_path) == -1)
+    return rb_error (errno, "%s: %s", final_path, strerror (errno));
+  tmp_path[0] = '\0';
+  return 0;
+}
+
+void
+output_discard (void)
+{
+  if (tmp_path[0]) {
+    unlink (tmp_path);
+    tmp_path[0] = '\0';
+  }
+}

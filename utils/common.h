@@ -1,0 +1,51 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Shared pieces of the command-line utilities: sizes, progress, safe outputs, exit codes.
+ */
+#ifndef RBLOCK_COMMON_H
+#define RBLOCK_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "source.h"
+
+#define EXIT_OK      0
+#define EXIT_USAGE   1      /* bad arguments (rb-diff: inputs differ) */
+#define EXIT_TROUBLE 2
+
+extern const char *progname;
+
+/* Print "progname: message" and exit with status. */
+void die (int status, const char *fmt, ...) __attribute__((format (printf, 2, 3), noreturn));
+/* die (EXIT_TROUBLE) with the engine's last message. */
+void die_rb (void) __attribute__((noreturn));
+
+/* Parse "65536", "64K", "2M", "1G"; returns -1 if malformed. */
+int64_t parse_size (const char *s);
+
+/* Progress on stderr when it is a terminal (or forced): bytes, rate, ETA. */
+struct progress {
+  bool on;
+  uint64_t total, done;
+  double start, last;
+};
+void progress_init (struct progress *p, bool wanted, uint64_t total);
+void progress_update (struct progress *p, uint64_t done);
+void progress_end (struct progress *p);
+
+/* A new output file made safely: created under a temporary name in the
+ * output's folder and renamed over OUTPUT only at the end; removed on
+ * failure or SIGINT/SIGTERM.  Refuses an existing OUTPUT unless force, and
+ * an OUTPUT that is the same file as any source.
+ */
+const char *output_prepare (const char *output, bool force, struct source **sources, int nr);
+int output_commit (void);        /* rename the temporary over the output (0 / -1) */
+void output_discard (void);      /* remove the temporary */
+
+double now (void);
+
+
+
+#define MIN_U64(a, b) ((uint64_t) (a) < (uint64_t) (b) ? (uint64_t) (a) : (uint64_t) (b))
+#define ROUND_UP_U64(n, a) (((uint64_t) (n) + (a) - 1) / (a) * (a))
+#endif

@@ -1,0 +1,257 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * rb-convert: a raw file, block device or qcow2 chain to a new qcow2 (or raw) image, in one pass.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+
+const char *progname = "rb-convert";
+
+#define CHUNK (4u << 20)
+
+static void __attribute__((noreturn))
+usage (FILE *f, int status)
+{
+  fprintf (f,
+"usage: %s [OPTIONS] SOURCE OUTPUT\n"
+"\n"
+"Convert SOURCE (a raw file, a block device or a qcow2 image, whose backing chain is\n"
+"flattened) to a new qcow2 image OUTPUT.  Holes and all-zero clusters are not stored.\n"
+"\n"
+"  -c, --cluster-size SIZE  cluster size, 512 to 2M (default 64K)\n"
+"      --compat 0.10|1.1    qcow2 version 2 or 3 (default 1.1)\n"
+"      --refcount-bits N    1, 2, 4, 8, 16, 32 or 64 (default 16)\n"
+"  -z, --compress zlib|zstd store compressed clusters\n"
+"  -O, --output-format qcow2|raw\n"
+"                           raw: a sparse raw copy of the guest view\n"
+"  -p, --progress           show progress on a terminal\n"
+"  -f, --force              overwrite OUTPUT if it exists\n"
+"      --no-sync            skip the fsync before the rename (faster, like qemu-img\n"
+"                           convert's default cache=unsafe; a power failure may then\n"
+"                           leave an incomplete OUTPUT)\n"
+"  -h, --help / -V, --version\n"
+"\n"
+"examples:\n"
+"  %s /dev/sdb backup.qcow2\n"
+"  %s -c 2M -z zstd -p disk.raw disk.qcow2\n"
+"  %s -O raw overlay.qcow2 flat.raw\n"
+"\n"
+"Exit status: 0 done, 1 usage error, 2 failure (OUTPUT is then not created).\n",
+           progname, progname, progname, progname);
+  exit (status);
+}
+
+struct extent { uint64_t off, len; };
+struct extents { struct extent *v; size_t n, alloc; };
+
+static int
+collect (void *opaque, uint64_t off, uint64_t len, int kind)
+{
+  struct extents *e = opaque;
+
+  if (kind != SOURCE_DATA)
+    return 0;
+  if (e->n && e->v[e->n - 1].off + e->v[e->n - 1].len == off) {
+    e->v[e->n - 1].len += len;
+    return 0;
+  }
+  if (e->n == e->alloc) {
+    e->alloc = e->alloc ? e->alloc * 2 : 64;
+    e->v = realloc (e->v, e->alloc * sizeof *e->v);
+    if (!e->v)
+      return rb_error (ENOMEM, "out of memory");
+  }
+  e->v[e->n].off = off;
+  e->v[e->n].len = len;
+  e->n++;
+  return 0;
+}
+
+static bool
+all_zero (const uint8_t *p, size_t n)
+{
+  size_t i;
+  for (i = 0; i < n && i < 16; i++)
+    if (p[i])
+      return false;
+  return n <= 16 || memcmp (p, p + 16, n - 16) == 0;
+}
+
+int
+main (int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "cluster-size", required_argument, NULL, 'c' },
+    { "compat", required_argument, NULL, 'C' },
+    { "refcount-bits", required_argument, NULL, 'R' },
+    { "compress", required_argument, NULL, 'z' },
+    { "output-format", required_argument, NULL, 'O' },
+    { "progress", no_argument, NULL, 'p' },
+    { "force", no_argument, NULL, 'f' },
+    { "no-sync", no_argument, NULL, 'S' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct rb_create_opts o = { 0 };
+  bool compress = false, progress = false, force = false, raw_out = false, sync = true;
+  struct extents ext = { 0 };
+  struct progress prog;
+  struct source *src;
+  struct rb_writer *w = NULL;
+  const char *tmp;
+  uint8_t *buf;
+  uint64_t cs, max_clusters = 0, done = 0, size_now, last_gc = UINT64_MAX;
+  int64_t v;
+  size_t i;
+  int c, out_fd = -1;
+
+  while ((c = getopt_long (argc, argv, "c:z:O:pfhV", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      if ((v = parse_size (optarg)) < 512 || v > (2 << 20) || (v & (v - 1)))
+        die (EXIT_USAGE, "--cluster-size: '%s' is not a power of two from 512 to 2M", optarg);
+      o.cluster_size = v;
+      break;
+    case 'C':
+      if (strcmp (optarg, "0.10") == 0) o.version = 2;
+      else if (strcmp (optarg, "1.1") == 0) o.version = 3;
+      else die (EXIT_USAGE, "--compat: '%s' is neither 0.10 nor 1.1", optarg);
+      break;
+    case 'R':
+      v = parse_size (optarg);
+      if (v < 1 || v > 64 || (v & (v - 1)))
+        die (EXIT_USAGE, "--refcount-bits: '%s' is not 1, 2, 4, 8, 16, 32 or 64", optarg);
+      o.refcount_bits = v;
+      break;
+    case 'z':
+      compress = true;
+      if (strcmp (optarg, "zlib") == 0) o.compression_type = 0;
+      else if (strcmp (optarg, "zstd") == 0) o.compression_type = 1;
+      else die (EXIT_USAGE, "--compress: '%s' is neither zlib nor zstd", optarg);
+      break;
+    case 'O':
+      if (strcmp (optarg, "raw") == 0) raw_out = true;
+      else if (strcmp (optarg, "qcow2") != 0)
+        die (EXIT_USAGE, "--output-format: '%s' is neither qcow2 nor raw", optarg);
+      break;
+    case 'p': progress = true; break;
+    case 'f': force = true; break;
+    case 'S': sync = false; break;
+    case 'h': usage (stdout, EXIT_OK);
+    case 'V': printf ("%s %s\n", progname, PACKAGE_VERSION); exit (EXIT_OK);
+    default: usage (stderr, EXIT_USAGE);
+    }
+  }
+  if (argc - optind != 2)
+    usage (stderr, EXIT_USAGE);
+  if (raw_out && (compress || o.cluster_size || o.version || o.refcount_bits))
+    die (EXIT_USAGE, "qcow2 options make no sense with -O raw");
+
+  src = source_open (argv[optind], false);
+  if (!src)
+    die_rb ();
+  tmp = output_prepare (argv[optind + 1], force, &src, 1);
+
+  /* As QEMU: a guest disk is whole 512-byte sectors; a ragged tail reads as zeros. */
+  o.size = ROUND_UP_U64 (src->size, 512);
+  cs = raw_out ? 65536 : (o.cluster_size ? o.cluster_size : 65536);   /* zero-detection unit */
+  if (source_extents (src, 0, src->size, collect, &ext) == -1)
+    die_rb ();
+  for (i = 0; i < ext.n; i++)
+    max_clusters += (ext.v[i].off + ext.v[i].len - 1) / cs - ext.v[i].off / cs + 1;
+
+  if (raw_out) {
+    out_fd = open (tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (out_fd == -1 || ftruncate (out_fd, src->size) == -1)
+      die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], strerror (errno));
+  }
+  else {
+    w = rb_writer_new (tmp, &o, false, max_clusters, compress);
+    if (!w)
+      die_rb ();
+    if (!sync)
+      rb_writer_no_sync (w);
+  }
+
+  buf = aligned_alloc (4096, CHUNK + cs);
+  if (!buf)
+    die (EXIT_TROUBLE, "out of memory");
+  progress_init (&prog, progress, src->size);
+  for (i = 0; i < ext.n; i++) {
+    /* Whole clusters around the extent, in chunks. */
+    uint64_t pos = ext.v[i].off / cs * cs;
+    uint64_t end = ext.v[i].off + ext.v[i].len;
+    while (pos < end) {
+      uint64_t n = MIN_U64 (CHUNK, ROUND_UP_U64 (end, cs) - pos), k;
+      uint64_t avail = MIN_U64 (n, src->size - pos);
+      if (pos / cs == last_gc) {          /* shared with the previous extent: done */
+        pos += cs;
+        continue;
+      }
+      if (source_pread (src, buf, avail, pos) == -1) {
+        if (w) rb_writer_abort (w);
+        die_rb ();
+      }
+      memset (buf + avail, 0, n - avail);
+      for (k = 0; k < n; ) {
+        /* A run of non-zero clusters goes out in one write. */
+        uint64_t gc = (pos + k) / cs, run = 0;
+        while (k + run * cs < n && gc + run != last_gc &&
+               !all_zero (buf + k + run * cs, MIN_U64 (cs, n - k - run * cs)))
+          run++;
+        if (run == 0) {
+          k += cs;
+          continue;
+        }
+        last_gc = gc + run - 1;
+        if (raw_out) {
+          uint64_t len = MIN_U64 (run * cs, src->size - (pos + k));
+          if (pwrite (out_fd, buf + k, len, pos + k) != (ssize_t) len)
+            die (EXIT_TROUBLE, "%s: write error at offset %" PRIu64 ": %s",
+                 argv[optind + 1], pos + k, strerror (errno ? errno : ENOSPC));
+        }
+        else if (rb_writer_put_run (w, gc, buf + k, run) == -1) {
+          char msg[600];
+          snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+          rb_writer_abort (w);
+          die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], msg);
+        }
+        k += run * cs;
+      }
+      pos += n;
+      done += n;
+      progress_update (&prog, MIN_U64 (pos, src->size));
+    }
+  }
+
+  if (source_current_size (src, &size_now) == -1 || size_now != src->size) {
+    if (w) rb_writer_abort (w);
+    die (EXIT_TROUBLE, "%s: the source changed size during the conversion", argv[optind]);
+  }
+  if (raw_out) {
+    if ((sync && fsync (out_fd) == -1) || close (out_fd) == -1)
+      die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], strerror (errno));
+  }
+  else if (rb_writer_finish (w) == -1) {
+    char msg[600];
+    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+    die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], msg);
+  }
+  if (output_commit () == -1)
+    die_rb ();
+  progress_end (&prog);
+  source_close (src);
+  free (buf);
+  free (ext.v);
+  return EXIT_OK;
+}

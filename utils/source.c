@@ -1,0 +1,293 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * The utilities' inputs: raw files (holes by SEEK_DATA/SEEK_HOLE), block devices, qcow2 images, NBD URIs.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/fs.h>
+
+#include "source-internal.h"
+
+/* Record "name: <the last message>" (copied first: rb_error formats into the
+ * same buffer rb_errmsg returns).  Returns -1.
+ */
+int
+source_error_prefixed (const char *name)
+{
+  char msg[1024];
+  int err = rb_errno ();
+
+  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  return rb_error (err ? err : EIO, "%s: %s", name, msg);
+}
+
+/* True if name looks like an NBD URI that libnbd understands. */
+bool
+source_is_uri (const char *name)
+{
+  static const char *const schemes[] = {
+    "nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://",
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
+    if (strncmp (name, schemes[i], strlen (schemes[i])) == 0)
+      return true;
+  return false;
+}
+
+/* Record "name: strerror (errno)".  Returns -1. */
+static int
+sys_error (const char *name)
+{
+  int err = errno;
+
+  return rb_error (err, "%s: %s", name, strerror (err));
+}
+
+/* Size of the open file or block device fd (st from fstat).  0 / -1 (errno). */
+static int
+fd_size (int fd, const struct stat *st, uint64_t *size)
+{
+  if (S_ISBLK (st->st_mode)) {
+    uint64_t sz;
+    if (ioctl (fd, BLKGETSIZE64, &sz) == -1)
+      return -1;
+    *size = sz;
+  }
+  else
+    *size = st->st_size;
+  return 0;
+}
+
+/* Open a path: raw file, block device, or qcow2 image by its magic. */
+static int
+open_path (struct source *s, unsigned flags)
+{
+  struct stat st;
+  uint8_t magic[4];
+
+  s->fd = open (s->name, O_RDONLY | O_CLOEXEC);
+  if (s->fd == -1)
+    return sys_error (s->name);
+  if (fstat (s->fd, &st) == -1 || fd_size (s->fd, &st, &s->size) == -1)
+    return sys_error (s->name);
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode))
+    return rb_error (EINVAL, "%s: not a regular file or block device", s->name);
+  s->dev = st.st_dev;
+  s->ino = st.st_ino;
+  s->kind = S_ISBLK (st.st_mode) ? SOURCE_BLOCKDEV : SOURCE_RAW;
+  if (!(flags & SOURCE_FORCE_RAW) && s->size >= 4 &&
+      pread (s->fd, magic, 4, 0) == 4 && memcmp (magic, "QFI\xfb", 4) == 0) {
+    struct rb_open_opts o = { .flags = RB_OPEN_RDONLY };
+
+    if (flags & SOURCE_NO_LOCK)
+      o.flags |= RB_OPEN_NO_LOCK;
+    s->img = rb_open (s->name, &o);
+    if (!s->img) {
+      /* The engine's messages usually name the file already. */
+      if (strstr (rb_errmsg (), s->name) == NULL)
+        return source_error_prefixed (s->name);
+      return -1;
+    }
+    close (s->fd);
+    s->fd = -1;
+    s->kind = SOURCE_QCOW2;
+    s->size = rb_get_size (s->img);
+  }
+  return 0;
+}
+
+/* Open name read-only; NULL with the message recorded on error. */
+struct source *
+source_open (const char *name, unsigned flags)
+{
+  struct source *s = calloc (1, sizeof *s);
+
+  if (!s || !(s->name = strdup (name))) {
+    free (s);
+    rb_error (ENOMEM, "%s: out of memory", name);
+    return NULL;
+  }
+  s->fd = -1;
+  if (source_is_uri (name)) {
+    s->kind = SOURCE_NBD;
+    if (nbdsrc_open (s) == -1)
+      goto err;
+  }
+  else if (open_path (s, flags) == -1)
+    goto err;
+  return s;
+
+ err:
+  source_close (s);
+  return NULL;
+}
+
+/* Close whatever the source holds and free it (NULL is fine). */
+void
+source_close (struct source *s)
+{
+  if (!s)
+    return;
+  if (s->fd >= 0)
+    close (s->fd);
+  if (s->img)
+    rb_close (s->img);
+  if (s->nbd)
+    nbdsrc_close (s);
+  free (s->name);
+  free (s);
+}
+
+/* The size in bytes. */
+uint64_t
+source_size (const struct source *s)
+{
+  return s->size;
+}
+
+/* The name as given, for messages. */
+const char *
+source_name (const struct source *s)
+{
+  return s->name;
+}
+
+/* Read exactly count bytes at offset.  0 / -1. */
+int
+source_pread (struct source *s, void *buf, size_t count, uint64_t offset)
+{
+  char *p = buf;
+
+  if (count == 0)
+    return 0;
+  if (offset > s->size || count > s->size - offset)
+    return rb_error (EINVAL, "%s: read of %zu bytes at offset %" PRIu64
+                     " is past the end (%" PRIu64 " bytes)", s->name, count, offset, s->size);
+  if (s->img) {
+    if (rb_pread (s->img, buf, count, offset) == -1)
+      return source_error_prefixed (s->name);
+    return 0;
+  }
+  if (s->nbd)
+    return nbdsrc_pread (s, buf, count, offset);
+  while (count > 0) {
+    ssize_t r = pread (s->fd, p, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return rb_error (errno, "%s: read error at offset %" PRIu64 ": %s",
+                       s->name, offset, strerror (errno));
+    }
+    if (r == 0)
+      return rb_error (EIO, "%s: unexpected end of input at offset %" PRIu64
+                       " (did it shrink?)", s->name, offset);
+    p += r;
+    offset += r;
+    count -= r;
+  }
+  return 0;
+}
+
+struct engine_adapter {
+  source_extent_fn fn;
+  void *opaque;
+  bool stopped;                    /* the callback asked to stop */
+};
+
+/* rb_extents callback: engine extent types to SOURCE_* kinds. */
+static int
+from_engine (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
+{
+  struct engine_adapter *a = opaque;
+  int kind = SOURCE_DATA;
+
+  if (type & RB_EXTENT_ZERO)
+    kind = SOURCE_ZERO | ((type & RB_EXTENT_HOLE) ? SOURCE_HOLE : 0);
+  if (a->fn (a->opaque, offset, length, kind) == -1) {
+    a->stopped = true;
+    return -1;
+  }
+  return 0;
+}
+
+/* Files: SEEK_DATA / SEEK_HOLE; a file system without them is all data. */
+static int
+file_extents (struct source *s, uint64_t offset, uint64_t count,
+              source_extent_fn fn, void *opaque)
+{
+  uint64_t end = offset + count;
+
+  while (offset < end) {
+    off_t d = lseek (s->fd, offset, SEEK_DATA), h;
+
+    if (d == -1) {
+      if (errno == ENXIO)           /* only a hole up to the end of the file */
+        return fn (opaque, offset, end - offset, SOURCE_ZERO | SOURCE_HOLE);
+      return fn (opaque, offset, end - offset, SOURCE_DATA);
+    }
+    if ((uint64_t) d >= end)
+      return fn (opaque, offset, end - offset, SOURCE_ZERO | SOURCE_HOLE);
+    if ((uint64_t) d > offset) {
+      if (fn (opaque, offset, d - offset, SOURCE_ZERO | SOURCE_HOLE) == -1)
+        return -1;
+      offset = d;
+    }
+    h = lseek (s->fd, offset, SEEK_HOLE);
+    if (h == -1 || (uint64_t) h > end)
+      h = end;
+    if ((uint64_t) h <= offset)     /* the file changed under us: read it */
+      h = end;
+    if (fn (opaque, offset, h - offset, SOURCE_DATA) == -1)
+      return -1;
+    offset = h;
+  }
+  return 0;
+}
+
+/* Report extents covering [offset, offset+count).  0 / -1. */
+int
+source_extents (struct source *s, uint64_t offset, uint64_t count,
+                source_extent_fn fn, void *opaque)
+{
+  if (offset > s->size || count > s->size - offset)
+    return rb_error (EINVAL, "%s: extents past the end", s->name);
+  if (count == 0)
+    return 0;
+  if (s->img) {
+    struct engine_adapter a = { fn, opaque, false };
+
+    if (rb_extents (s->img, count, offset, from_engine, &a) == -1)
+      return a.stopped ? -1 : source_error_prefixed (s->name);
+    return 0;
+  }
+  if (s->nbd)
+    return nbdsrc_extents (s, offset, count, fn, opaque);
+  if (s->kind == SOURCE_BLOCKDEV)
+    return fn (opaque, offset, count, SOURCE_DATA);
+  return file_extents (s, offset, count, fn, opaque);
+}
+
+/* The size now (files and devices), to notice a changing input.  0 / -1. */
+int
+source_current_size (struct source *s, uint64_t *size)
+{
+  struct stat st;
+
+  if (s->fd == -1) {
+    *size = s->size;
+    return 0;
+  }
+  if (fstat (s->fd, &st) == -1 || fd_size (s->fd, &st, size) == -1)
+    return rb_error (errno, "%s: %s", s->name, strerror (errno));
+  return 0;
+}
