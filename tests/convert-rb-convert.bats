@@ -179,3 +179,26 @@ check_output () {
   qemu_check_clean "$T/dev.qcow2"
   qemu-img compare "$T/dev.img" "$T/dev.qcow2"
 }
+
+@test "rb-convert: a read error (EIO) names the offset, exit 2, nothing left (NBD source with nbdkit's error filter)" {
+  head -c 4M /dev/urandom > "$T/e.raw"
+  nbdkit -U "$T/e.sock" -P "$T/e.pid" --filter=error file "$T/e.raw" error-pread=EIO error-pread-rate=1
+  for i in $(seq 100); do [ -S "$T/e.sock" ] && break; sleep 0.05; done
+  run "$RB_CONVERT" "nbd+unix:///?socket=$T/e.sock" "$T/out.qcow2"
+  kill "$(cat "$T/e.pid")"
+  [ "$status" -eq 2 ]
+  [[ "$output" == "rb-convert: "*"read error at offset "[0-9]*": Input/output error" ]]
+  [ ! -e "$T/out.qcow2" ]
+  [ -z "$(ls -A "$T" | grep '\.tmp\.' || true)" ]
+}
+
+@test "rb-convert: -p shows bytes, rate and ETA on a terminal, nothing when not a terminal" {
+  make_source
+  run script -qec "$RB_CONVERT -p $T/src.raw $T/p.qcow2" /dev/null
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"100.0%"*"MiB"*"/s"*"ETA"* ]]
+  qemu-img compare "$T/src.raw" "$T/p.qcow2"
+  run "$RB_CONVERT" -p "$T/src.raw" "$T/q.qcow2"
+  [ "$status" -eq 0 ]
+  [ -z "$output" ]
+}

@@ -242,3 +242,17 @@ PY
   ! qemu-io -c 'read -P 9 0 1M' "$T/f.qcow2" | grep -q failed
   qemu_check_clean "$T/f.qcow2"
 }
+
+@test "EIO and ENOSPC from the image file reach the NBD client as EIO and ENOSPC; the image stays consistent" {
+  for err in EIO ENOSPC; do
+    rm -f "$T/e.qcow2"
+    qemu-img create -q -f qcow2 "$T/e.qcow2" 8M
+    RBLOCK_FAULT="data_write:$err:after=3" start_rblock "$T/e.qcow2"
+    run qemu-io -f raw -c 'write -P 1 0 64k' -c 'write -P 2 1M 64k' -c 'write -P 3 2M 64k' \
+                -c 'write -P 4 3M 64k' -c 'write -P 5 4M 64k' -c flush "$URI"
+    if [ $err = EIO ]; then [[ "$output" == *"Input/output error"* ]]; else [[ "$output" == *"No space left on device"* ]]; fi
+    stop_rblock
+    qemu_check_clean "$T/e.qcow2"
+    ! qemu-io -c 'read -P 1 0 64k' -c 'read -P 3 2M 64k' "$T/e.qcow2" | grep -q failed
+  done
+}
