@@ -111,7 +111,7 @@ stop_rblock_logged () {
 # block_status.  One request at a time: nbdkit 1.32 may abort when a client drops its
 # connection while other requests are in flight, so failures are probed with single requests.
 nbd_try () {
-  nbdsh -u "$1" -c "
+  nbdsh --base-allocation -u "$1" -c "
 import sys
 try:
     op, off, n = '$2', $3, $4
