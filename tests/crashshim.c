@@ -1,0 +1,100 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * LD_PRELOAD shim for crash tests: lets the N-th write to a file happen (optionally torn), then SIGKILLs.
+ *
+ * RB_CRASH_FILE  count writes to files whose path (as passed to open*) contains this
+ * RB_CRASH_AT    N: the N-th write (1-based) is the last one; then kill -9
+ * RB_CRASH_TORN  if set, the N-th write lands only its first 512 bytes
+ * RB_CRASH_COUNT if set (a path), the number of writes seen is written there at exit
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/types.h>
+
+static long count, crash_at = -1;
+static int watched[256];
+static ssize_t (*real_pwrite64) (int, const void *, size_t, off_t);
+
+static void
+save_count (void)
+{
+  const char *p = getenv ("RB_CRASH_COUNT");
+  FILE *f;
+
+  if (p && (f = fopen (p, "w"))) {
+    fprintf (f, "%ld\n", count);
+    fclose (f);
+  }
+}
+
+__attribute__((constructor)) static void
+init (void)
+{
+  const char *at = getenv ("RB_CRASH_AT");
+
+  real_pwrite64 = dlsym (RTLD_NEXT, "pwrite64");
+  if (at)
+    crash_at = atol (at);
+  atexit (save_count);
+}
+
+static bool
+matches (const char *path)
+{
+  const char *want = getenv ("RB_CRASH_FILE");
+
+  return want && path && strstr (path, want) != NULL;
+}
+
+static void
+note_fd (int fd, const char *path)
+{
+  if (fd >= 0 && fd < 256)
+    watched[fd] = matches (path);
+}
+
+int
+open (const char *path, int flags, ...)
+{
+  static int (*real) (const char *, int, ...);
+  mode_t mode = 0;
+  va_list ap;
+  int fd;
+
+  if (!real)
+    real = dlsym (RTLD_NEXT, "open");
+  va_start (ap, flags);
+  if (flags & (O_CREAT | O_TMPFILE))
+    mode = va_arg (ap, mode_t);
+  va_end (ap);
+  fd = real (path, flags, mode);
+  note_fd (fd, path);
+  return fd;
+}
+
+int open64 (const char *path, int flags, ...) __attribute__((alias ("open")));
+
+ssize_t
+pwrite64 (int fd, const void *buf, size_t count_bytes, off_t offset)
+{
+  if (fd >= 0 && fd < 256 && watched[fd]) {
+    count++;
+    if (count == crash_at) {
+      size_t n = getenv ("RB_CRASH_TORN") && count_bytes > 512 ? 512 : count_bytes;
+      real_pwrite64 (fd, buf, n, offset);
+      save_count ();
+      kill (getpid (), SIGKILL);
+    }
+  }
+  return real_pwrite64 (fd, buf, count_bytes, offset);
+}
+
+ssize_t pwrite (int fd, const void *buf, size_t n, off_t offset) __attribute__((alias ("pwrite64")));
