@@ -19,3 +19,10 @@ setup_file () {
   [ "$status" -eq 0 ]
   [[ "$output" == *"Done "*" runs in "* ]]
 }
+
+@test "fuzz-writer (the streaming writer on fuzzed data and options, read back and checked): no mismatch" {
+  FUZZ_OUT="$BATS_TEST_TMPDIR" FUZZ_SECONDS="${FUZZ_SECONDS:-30}" run "$top_srcdir/tests/fuzz/run.sh" fuzz-writer
+  echo "$output" | tail -30
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"Done "*" runs in "* ]]
+}

@@ -11,7 +11,7 @@ printf '#define PACKAGE_VERSION "fuzz"\n' > "$out/config.h"
 flags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I$out -I$src/lib -D_GNU_SOURCE"
 libsrc=$(ls "$src"/lib/*.c | grep -v '/writer\.c$' || true)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz-image fuzz-model)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz-image fuzz-model fuzz-writer)
 
 seeds () {   # seeds for the image target, made by QEMU
   local d=$1 i=0
