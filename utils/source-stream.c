@@ -284,25 +284,26 @@ producer (void *opaque)
     int kind;
 
     pthread_mutex_lock (&st->lock);
-    while (!st->stop && !st->failed &&
-           (st->nr_used == st->depth || st->pos >= st->end) &&
-           !(nbd && st->nr_filling > 0))
+    for (;;) {
+      if (st->stop || st->failed || (st->pos >= st->end && st->nr_filling == 0))
+        break;
+      if (st->nr_used < st->depth && st->pos < st->end)
+        break;                     /* a free slot and more to read */
+      if (nbd && st->nr_filling > 0) {
+        /* NBD reads in flight and nothing else to do: wait for replies. */
+        pthread_mutex_unlock (&st->lock);
+        if (nbdsrc_poll (st->s) == -1) {
+          set_error_from_rb (st);
+          goto out;
+        }
+        pthread_mutex_lock (&st->lock);
+        continue;
+      }
       pthread_cond_wait (&st->cond, &st->lock);
-    if (st->stop || st->failed ||
-        (st->pos >= st->end && st->nr_filling == 0)) {
-      st->finished = true;
-      pthread_cond_broadcast (&st->cond);
+    }
+    if (st->stop || st->failed || st->pos >= st->end) {
       pthread_mutex_unlock (&st->lock);
       break;
-    }
-    if (st->nr_used == st->depth || st->pos >= st->end) {
-      /* NBD reads in flight and nothing else to do: wait for replies. */
-      pthread_mutex_unlock (&st->lock);
-      if (nbdsrc_poll (st->s) == -1) {
-        set_error_from_rb (st);
-        break;
-      }
-      continue;
     }
     pthread_mutex_unlock (&st->lock);
 
@@ -327,6 +328,7 @@ producer (void *opaque)
   }
 
   /* Never leave NBD reads in flight into buffers about to be freed. */
+ out:
   if (nbd) {
     for (;;) {
       unsigned filling;
