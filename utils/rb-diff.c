@@ -1,0 +1,292 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * rb-diff: every changed sector between two disks (files, block devices, qcow2 images, NBD URIs).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+const char *progname = "rb-diff";
+
+/* Bytes compared at once before dropping to sectors. */
+#define COMPARE_UNIT (64u << 10)
+
+enum output_mode { OUT_HUMAN, OUT_JSON, OUT_COUNT, OUT_QUIET };
+
+/* Print the help text and exit with status. */
+static void __attribute__((noreturn))
+usage (FILE *f, int status)
+{
+  fprintf (f,
+"usage: %s [OPTIONS] A B\n"
+"\n"
+"List every sector that differs between A and B, as merged ranges, and a summary.\n"
+"A and B are raw files, block devices, qcow2 images (read through their backing\n"
+"chain) or NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).\n"
+"If the sizes differ, the longer input's tail counts as changed.\n"
+"\n"
+"  -j, --json               print one JSON object: sector_size, size_a, size_b,\n"
+"                           changed_sectors, changed_bytes, ranges [{start,count}]\n"
+"  -c, --count              print only the number of changed sectors\n"
+"  -q, --quiet              print nothing; the exit status tells\n"
+"  -S, --sector-size N      sector size, a power of two from 512 to 1M (default 512)\n"
+"  -h, --help / -V, --version\n"
+"\n"
+"examples:\n"
+"  %s base.raw new.raw\n"
+"  %s --json --sector-size 4096 /dev/vg/snap /dev/vg/live > changes.json\n"
+"  %s --count disk.qcow2 nbd+unix:///?socket=/run/vm.sock\n"
+"\n"
+"Exit status: 0 identical, 1 different, 2 trouble (as cmp).\n",
+           progname, progname, progname, progname);
+  exit (status);
+}
+
+struct range {
+  uint64_t start, count;           /* in sectors */
+};
+
+/* The changed sectors found so far, in increasing order, merged. */
+struct ranges {
+  struct range *v;
+  size_t n, alloc;
+};
+
+/* Mark sectors [first, first+count) changed (first never below what was marked). */
+static void
+mark (struct ranges *r, uint64_t first, uint64_t count)
+{
+  struct range *last = r->n ? &r->v[r->n - 1] : NULL;
+
+  if (last && first <= last->start + last->count) {
+    if (first + count > last->start + last->count)
+      last->count = first + count - last->start;
+    return;
+  }
+  if (r->n == r->alloc) {
+    r->alloc = r->alloc ? r->alloc * 2 : 1024;
+    r->v = realloc (r->v, r->alloc * sizeof *r->v);
+    if (!r->v)
+      die (EXIT_TROUBLE, "out of memory");
+  }
+  r->v[r->n++] = (struct range) { first, count };
+}
+
+static struct ranges changed;
+
+struct side {
+  struct source_chunk c;
+  const uint8_t *zeros;            /* COMPARE_UNIT (or a sector) of zeros */
+};
+
+/* Bytes of side s at source offset off (zeros for a zero chunk). */
+static const uint8_t *
+bytes_at (const struct side *s, uint64_t off)
+{
+  if (s->c.kind != SOURCE_DATA)
+    return s->zeros;
+  return (const uint8_t *) s->c.data + (off - s->c.offset);
+}
+
+/* Compare [p, q), where both chunks hold it, and mark the sectors that differ. */
+static void
+compare (struct ranges *r, const struct side *a, const struct side *b,
+         uint64_t p, uint64_t q, uint64_t sector_size, uint64_t unit)
+{
+  if (a->c.kind != SOURCE_DATA && b->c.kind != SOURCE_DATA)
+    return;                        /* zeros on both sides: nothing was read */
+  while (p < q) {
+    uint64_t u = (p / unit + 1) * unit;
+
+    if (u > q)
+      u = q;
+    if (memcmp (bytes_at (a, p), bytes_at (b, p), u - p) != 0) {
+      /* Drop to sectors inside the differing block. */
+      uint64_t s = p;
+      while (s < u) {
+        uint64_t e = (s / sector_size + 1) * sector_size;
+        if (e > u)
+          e = u;
+        if (memcmp (bytes_at (a, s), bytes_at (b, s), e - s) != 0)
+          mark (r, s / sector_size, 1);
+        s = e;
+      }
+    }
+    p = u;
+  }
+}
+
+/* Die with the last error recorded (it names the input). */
+static void __attribute__((noreturn))
+die_input (void)
+{
+  die (EXIT_TROUBLE, "%s", rb_errmsg ());
+}
+
+/* Compare the first `common` bytes of A and B into r. */
+static void
+diff_common (struct source *sa, struct source *sb, uint64_t common,
+             uint64_t sector_size, const struct source_stream_opts *opts)
+{
+  uint64_t unit = sector_size > COMPARE_UNIT ? sector_size : COMPARE_UNIT;
+  struct source_stream *ta, *tb;
+  struct side a, b;
+  uint8_t *zeros;
+  int ra, rb;
+
+  if (common == 0)
+    return;
+  zeros = calloc (1, unit);
+  if (!zeros)
+    die (EXIT_TROUBLE, "out of memory");
+  a.zeros = b.zeros = zeros;
+  ta = source_stream_start (sa, 0, common, opts);
+  if (!ta)
+    die_input ();
+  tb = source_stream_start (sb, 0, common, opts);
+  if (!tb)
+    die_input ();
+  ra = source_stream_next (ta, &a.c);
+  rb = source_stream_next (tb, &b.c);
+  while (ra == 1 && rb == 1) {
+    uint64_t p = a.c.offset > b.c.offset ? a.c.offset : b.c.offset;
+    uint64_t ea = a.c.offset + a.c.length, eb = b.c.offset + b.c.length;
+    uint64_t q = ea < eb ? ea : eb;
+
+    compare (&changed, &a, &b, p, q, sector_size, unit);
+    if (ea == q)
+      ra = source_stream_next (ta, &a.c);
+    if (eb == q)
+      rb = source_stream_next (tb, &b.c);
+  }
+  if (ra == -1 || rb == -1)
+    die_input ();
+  if (ra != rb)
+    die (EXIT_TROUBLE, "%s: the input ended early", ra ? sb->name : sa->name);
+  source_stream_stop (ta);
+  source_stream_stop (tb);
+  free (zeros);
+}
+
+int
+main (int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "json", no_argument, NULL, 'j' },
+    { "count", no_argument, NULL, 'c' },
+    { "quiet", no_argument, NULL, 'q' },
+    { "silent", no_argument, NULL, 'q' },
+    { "sector-size", required_argument, NULL, 'S' },
+    { "chunk-size", required_argument, NULL, 'K' },   /* tests: small chunks */
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  enum output_mode mode = OUT_HUMAN;
+  struct source_stream_opts opts = { 0 };
+  uint64_t sector_size = 512, size_a, size_b, common, longer;
+  uint64_t nr_sectors = 0, nr_bytes = 0, total_sectors;
+  struct source *sa, *sb;
+  int64_t v;
+  size_t i;
+  int c;
+
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "jcqsS:hV", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'j': mode = OUT_JSON; break;
+    case 'c': mode = OUT_COUNT; break;
+    case 'q': case 's': mode = OUT_QUIET; break;
+    case 'S':
+      v = parse_size (optarg);
+      if (v < 512 || v > (1 << 20) || (v & (v - 1)))
+        die (EXIT_TROUBLE, "--sector-size: '%s' is not a power of two from 512 to 1M", optarg);
+      sector_size = v;
+      break;
+    case 'K':
+      v = parse_size (optarg);
+      if (v < 512 || v > (256 << 20))
+        die (EXIT_TROUBLE, "--chunk-size: '%s' is not from 512 to 256M", optarg);
+      opts.chunk_size = v;
+      break;
+    case 'h': usage (stdout, EXIT_OK);
+    case 'V': printf ("%s %s\n", progname, PACKAGE_VERSION); exit (EXIT_OK);
+    default:
+      fprintf (stderr, "%s: bad option '%s' (see --help)\n", progname, argv[optind - 1]);
+      exit (EXIT_TROUBLE);
+    }
+  }
+  if (argc - optind != 2) {
+    fprintf (stderr, "%s: expected two inputs, A and B (see --help)\n", progname);
+    exit (EXIT_TROUBLE);
+  }
+
+  sa = source_open (argv[optind], 0);
+  if (!sa)
+    die_input ();
+  sb = source_open (argv[optind + 1], 0);
+  if (!sb)
+    die_input ();
+  size_a = source_size (sa);
+  size_b = source_size (sb);
+  common = size_a < size_b ? size_a : size_b;
+  longer = size_a < size_b ? size_b : size_a;
+
+  diff_common (sa, sb, common, sector_size, &opts);
+  if (longer > common)             /* the longer input's tail counts as changed */
+    mark (&changed, common / sector_size, DIV_ROUND_UP_U64 (longer, sector_size) - common / sector_size);
+
+  for (i = 0; i < changed.n; i++) {
+    uint64_t start = changed.v[i].start * sector_size;
+    uint64_t end = (changed.v[i].start + changed.v[i].count) * sector_size;
+    nr_sectors += changed.v[i].count;
+    nr_bytes += (end < longer ? end : longer) - start;
+  }
+  total_sectors = DIV_ROUND_UP_U64 (longer, sector_size);
+
+  switch (mode) {
+  case OUT_QUIET:
+    break;
+  case OUT_COUNT:
+    printf ("%" PRIu64 "\n", nr_sectors);
+    break;
+  case OUT_JSON:
+    printf ("{\"sector_size\":%" PRIu64 ",\"size_a\":%" PRIu64 ",\"size_b\":%" PRIu64
+            ",\"changed_sectors\":%" PRIu64 ",\"changed_bytes\":%" PRIu64 ",\"ranges\":[",
+            sector_size, size_a, size_b, nr_sectors, nr_bytes);
+    for (i = 0; i < changed.n; i++)
+      printf ("%s{\"start\":%" PRIu64 ",\"count\":%" PRIu64 "}", i ? "," : "",
+              changed.v[i].start, changed.v[i].count);
+    printf ("]}\n");
+    break;
+  case OUT_HUMAN:
+    for (i = 0; i < changed.n; i++)
+      printf ("sectors %" PRIu64 "-%" PRIu64 " (%" PRIu64 ")\n", changed.v[i].start,
+              changed.v[i].start + changed.v[i].count - 1, changed.v[i].count);
+    if (nr_sectors == 0)
+      printf ("%s and %s are identical (%" PRIu64 " bytes)\n", sa->name, sb->name, longer);
+    else {
+      printf ("%s and %s differ: %" PRIu64 " of %" PRIu64 " sectors of %" PRIu64
+              " bytes changed (%" PRIu64 " bytes, %.2f%%) in %zu range%s",
+              sa->name, sb->name, nr_sectors, total_sectors, sector_size, nr_bytes,
+              100.0 * nr_bytes / longer, changed.n, changed.n == 1 ? "" : "s");
+      if (size_a != size_b)
+        printf ("; %s is %" PRIu64 " bytes longer (its tail counts as changed)",
+                size_a > size_b ? sa->name : sb->name, longer - common);
+      printf ("\n");
+    }
+    break;
+  }
+  if (fflush (stdout) == EOF || ferror (stdout))
+    die (EXIT_TROUBLE, "standard output: %s", strerror (errno));
+  source_close (sa);
+  source_close (sb);
+  free (changed.v);
+  return nr_sectors ? 1 : 0;
+}
