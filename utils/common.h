@@ -48,4 +48,5 @@ double now (void);
 
 #define MIN_U64(a, b) ((uint64_t) (a) < (uint64_t) (b) ? (uint64_t) (a) : (uint64_t) (b))
 #define ROUND_UP_U64(n, a) (((uint64_t) (n) + (a) - 1) / (a) * (a))
+#define DIV_ROUND_UP_U64(n, d) (((uint64_t) (n) + (d) - 1) / (d))
 #endif
