@@ -33,7 +33,7 @@ json_ranges () {
 # --json ranges, --count and exit status agree with the oracle.
 assert_diff_matches_oracle () {
   local a=$1 b=$2 ss=${3:-512}; shift 3 2>/dev/null || shift $#
-  local want got want_status=0 json
+  local want got want_status=0 want_count json
   want=$(oracle_ranges "$a" "$b" "$ss")
   [ -n "$want" ] && want_status=1
   run "$RB_DIFF" --json --sector-size "$ss" "$@" "$a" "$b"
@@ -42,12 +42,13 @@ assert_diff_matches_oracle () {
   echo "$json" | jq -e . >/dev/null || { echo "not JSON: $json"; return 1; }
   got=$(echo "$json" | json_ranges)
   [ "$got" = "$want" ] || { echo "ranges differ"; diff <(echo "$want") <(echo "$got") | head -20; return 1; }
-  [ "$(echo "$json" | jq .changed_sectors)" = "$(oracle_count "$a" "$b" "$ss")" ] || { echo "changed_sectors: $json"; return 1; }
+  want_count=$(echo "$want" | awk '{ n += $2 } END { print n + 0 }')
+  [ "$(echo "$json" | jq .changed_sectors)" = "$want_count" ] || { echo "changed_sectors: $json"; return 1; }
   [ "$(echo "$json" | jq .size_a)" = "$(stat -c %s "$a")" ]
   [ "$(echo "$json" | jq .size_b)" = "$(stat -c %s "$b")" ]
   [ "$(echo "$json" | jq .sector_size)" = "$ss" ]
   run "$RB_DIFF" --count --sector-size "$ss" "$@" "$a" "$b"
-  [ "$status" -eq "$want_status" ] && [ "$output" = "$(oracle_count "$a" "$b" "$ss")" ] ||
+  [ "$status" -eq "$want_status" ] && [ "$output" = "$want_count" ] ||
     { echo "--count: $status $output"; return 1; }
 }
 
