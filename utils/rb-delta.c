@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,28 @@ touches (const struct ranges *r, size_t *cursor, uint64_t off, uint64_t len)
   while (*cursor < r->n && r->start[*cursor] + r->len[*cursor] <= off)
     (*cursor)++;
   return *cursor < r->n && r->start[*cursor] < off + len;
+}
+
+/* BASE is read on a second thread while NEW is read on the first. */
+struct base_read {
+  struct source *src;
+  void *buf;
+  uint64_t count, offset;
+  int ret, err;
+  char msg[600];
+};
+
+static void *
+read_base (void *arg)
+{
+  struct base_read *b = arg;
+
+  b->ret = b->count ? source_pread (b->src, b->buf, b->count, b->offset) : 0;
+  if (b->ret == -1) {
+    b->err = rb_errno ();
+    snprintf (b->msg, sizeof b->msg, "%s", rb_errmsg ());
+  }
+  return NULL;
 }
 
 static bool
@@ -304,12 +327,23 @@ main (int argc, char **argv)
 
     if (!any)
       continue;
-    if ((nn && source_pread (new, nb, nn, pos) == -1) ||
-        (!changes && bn && source_pread (base, bb, bn, pos) == -1)) {
-      char msg[600];
-      snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-      rb_writer_abort (w);
-      die (EXIT_TROUBLE, "%s", msg);
+    {
+      struct base_read br = { base, bb, changes ? 0 : bn, pos, 0, 0, "" };
+      pthread_t th;
+      bool threaded = br.count && pthread_create (&th, NULL, read_base, &br) == 0;
+      int nr = nn ? source_pread (new, nb, nn, pos) : 0;
+      char msg[600] = "";
+
+      if (nr == -1)
+        snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+      if (threaded)
+        pthread_join (th, NULL);
+      else
+        read_base (&br);
+      if (nr == -1 || br.ret == -1) {
+        rb_writer_abort (w);
+        die (EXIT_TROUBLE, "%s", nr == -1 ? msg : br.msg);
+      }
     }
     memset (nb + nn, 0, n - nn);
     if (!changes)
