@@ -12,8 +12,15 @@
 
 #include "source-internal.h"
 
-#define DEFAULT_CHUNK    (4u << 20)
-#define DEFAULT_DEPTH    4
+/* Local reads: small chunks, so that what the reader just copied is still in
+ * the CPU cache when the consumer looks at it (4 MiB chunks ran at a third of
+ * the speed of 256 KiB ones on cached files).  NBD: one request per chunk,
+ * eight in flight.
+ */
+#define DEFAULT_CHUNK     (256u << 10)
+#define DEFAULT_DEPTH     4
+#define DEFAULT_NBD_CHUNK (1u << 20)
+#define DEFAULT_NBD_DEPTH 8
 #define DEFAULT_MIN_HOLE (64u << 10)
 #define EXTENT_WINDOW    (UINT64_C (1) << 30)   /* bytes of extents asked for at once */
 
@@ -372,8 +379,8 @@ source_stream_start (struct source *s, uint64_t offset, uint64_t count,
   if (!st->chunk_size && env)
     st->chunk_size = strtoull (env, NULL, 0);
   if (st->chunk_size < 512 || st->chunk_size > (256u << 20))
-    st->chunk_size = DEFAULT_CHUNK;
-  st->depth = opts && opts->depth ? opts->depth : DEFAULT_DEPTH;
+    st->chunk_size = s->nbd ? DEFAULT_NBD_CHUNK : DEFAULT_CHUNK;
+  st->depth = opts && opts->depth ? opts->depth : s->nbd ? DEFAULT_NBD_DEPTH : DEFAULT_DEPTH;
   if (st->depth < 2)
     st->depth = 2;
   st->min_hole = opts && opts->min_hole ? opts->min_hole : DEFAULT_MIN_HOLE;

@@ -117,8 +117,9 @@ int source_current_size (struct source *s, uint64_t *size);
  * does with the previous chunks.
  */
 struct source_stream_opts {
-  size_t chunk_size;               /* bytes per data chunk; 0 = 4 MiB (or env RBLOCK_CHUNK_SIZE) */
-  unsigned depth;                  /* buffers read ahead; 0 = 4 */
+  size_t chunk_size;               /* bytes per data chunk; 0 = env RBLOCK_CHUNK_SIZE,
+                                      else 256 KiB (1 MiB for NBD) */
+  unsigned depth;                  /* buffers read ahead; 0 = 4 (8 for NBD) */
   uint64_t min_hole;               /* zero runs shorter than this are read as data; 0 = 64 KiB */
   bool no_extents;                 /* read everything: all chunks are data */
 };
