@@ -117,3 +117,10 @@ teardown () {
   grep -q "^rb-diff: nbd+unix:///?socket=$T/D.sock: " "$T/err"
   [ ! -s "$T/out" ]
 }
+
+@test "rb-diff: a read error from the server (EIO) is exit 2 with one line naming the URI" {
+  serve X --filter=error file "$T/b" error-pread=EIO error-pread-rate=1
+  run --separate-stderr "$RB_DIFF" "$T/a" "$NBD_URI"
+  [ "$status" -eq 2 ] && [ -z "$output" ] && [ "${#stderr_lines[@]}" -eq 1 ]
+  [[ "$stderr" == "rb-diff: $NBD_URI: "*"Input/output error"* ]]
+}

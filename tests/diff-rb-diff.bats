@@ -166,3 +166,15 @@ setup () {
   [ "$(echo "$output" | json_ranges)" = "$(oracle_ranges "$T/over.raw" "$T/a" 4096)" ]
   qemu_check_clean "$T/over.qcow2"
 }
+
+@test "rb-diff: a block device (loop) is sized by ioctl and compares like its backing file" {
+  head -c 3M /dev/urandom > "$T/dev.img"
+  cp "$T/dev.img" "$T/other"
+  poke "$T/other" 1234567
+  dev=$(losetup --find --show "$T/dev.img" 2>/dev/null) || skip "no loop device can be made here (needs root and /dev/loop*)"
+  run "$RB_DIFF" --json "$dev" "$T/other"
+  losetup -d "$dev"
+  [ "$status" -eq 1 ]
+  [ "$(echo "$output" | jq .size_a)" = 3145728 ]
+  [ "$(echo "$output" | json_ranges)" = "$(oracle_ranges "$T/dev.img" "$T/other")" ]
+}
