@@ -38,8 +38,12 @@ rb_error_errno (int err, const char *fmt, ...)
   vsnprintf (errmsg, sizeof errmsg, fmt, ap);
   va_end (ap);
   len = strlen (errmsg);
+  /* strerrordesc_np: no locale, so no locale lock (strerror's lock
+   * deadlocked nbdkit's exit with the ASan runtime preloaded).
+   */
   if (len < sizeof errmsg)
-    snprintf (errmsg + len, sizeof errmsg - len, ": %s", strerror (err));
+    snprintf (errmsg + len, sizeof errmsg - len, ": %s",
+              strerrordesc_np (err) ? strerrordesc_np (err) : "unknown error");
   errnum = err;
   errno = err;
   return -1;

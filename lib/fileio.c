@@ -74,7 +74,8 @@ fault_check (enum io_event ev)
   }
   pthread_mutex_unlock (&fault.lock);
   if (hit)
-    return rb_error (fault.err, "injected fault at %s: %s", event_names[ev], strerror (fault.err));
+    return rb_error (fault.err, "injected fault at %s: %s", event_names[ev],
+                     strerrordesc_np (fault.err));
   return 0;
 }
 

@@ -183,7 +183,7 @@ main (int argc, char **argv)
       rb_writer_no_sync (w);
   }
 
-  buf = aligned_alloc (4096, CHUNK + cs);
+  buf = aligned_alloc (4096, ROUND_UP_U64 (CHUNK + cs, 4096));
   if (!buf)
     die (EXIT_TROUBLE, "out of memory");
   progress_init (&prog, progress, src->size);
