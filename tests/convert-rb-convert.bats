@@ -202,3 +202,20 @@ check_output () {
   [ "$status" -eq 0 ]
   [ -z "$output" ]
 }
+
+@test "rb-convert -O raw onto an NBD export: the export then reads exactly as the qcow2 (old data cleared)" {
+  head -c 8M /dev/urandom > "$T/old.raw"
+  qemu-img create -q -f qcow2 "$T/img.qcow2" 8M
+  qemu-io -c 'write -P 7 1M 2M' -c 'write -P 9 6M 4k' "$T/img.qcow2" >/dev/null
+  cp "$T/old.raw" "$T/export.raw"
+  nbdkit -U "$T/x.sock" -P "$T/x.pid" file "$T/export.raw"
+  for i in $(seq 100); do [ -S "$T/x.sock" ] && break; sleep 0.05; done
+  run "$RB_CONVERT" -O raw "$T/img.qcow2" "nbd+unix:///?socket=$T/x.sock"
+  kill "$(cat "$T/x.pid")"
+  [ "$status" -eq 0 ] || { echo "$output"; false; }
+  qemu-img convert -O raw "$T/img.qcow2" "$T/want.raw"
+  cmp "$T/export.raw" "$T/want.raw"
+  run "$RB_CONVERT" "$T/img.qcow2" "nbd+unix:///?socket=$T/x.sock"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"needs -O raw"* ]]
+}

@@ -32,7 +32,8 @@ usage (FILE *f, int status)
 "      --refcount-bits N    1, 2, 4, 8, 16, 32 or 64 (default 16)\n"
 "  -z, --compress zlib|zstd store compressed clusters\n"
 "  -O, --output-format qcow2|raw\n"
-"                           raw: a sparse raw copy of the guest view\n"
+"                           raw: a sparse raw copy of the guest view; OUTPUT may\n"
+"                           then be an NBD URI (a qcow2 restored onto an export)\n"
 "  -p, --progress           show progress on a terminal\n"
 "  -f, --force              overwrite OUTPUT if it exists\n"
 "      --no-sync            skip the fsync before the rename (faster, like qemu-img\n"
@@ -108,6 +109,7 @@ main (int argc, char **argv)
   struct progress prog;
   struct source *src;
   struct rb_writer *w = NULL;
+  struct sink *sink = NULL;
   const char *tmp;
   uint8_t *buf;
   uint64_t cs, max_clusters = 0, done = 0, size_now, last_gc = UINT64_MAX;
@@ -160,7 +162,20 @@ main (int argc, char **argv)
   src = source_open (argv[optind], false);
   if (!src)
     die_rb ();
-  tmp = output_prepare (argv[optind + 1], force, &src, 1);
+  if (source_is_uri (argv[optind + 1])) {
+    /* Onto an NBD export (restore): raw only, the export's old data replaced. */
+    if (!raw_out)
+      die (EXIT_USAGE, "%s: an NBD URI output needs -O raw", argv[optind + 1]);
+    sink = sink_open (argv[optind + 1]);
+    if (!sink)
+      die_rb ();
+    if (sink_size (sink) < src->size)
+      die (EXIT_TROUBLE, "%s: the export (%" PRIu64 " bytes) is smaller than %s (%" PRIu64 " bytes)",
+           argv[optind + 1], sink_size (sink), argv[optind], src->size);
+    tmp = NULL;
+  }
+  else
+    tmp = output_prepare (argv[optind + 1], force, &src, 1);
 
   /* As QEMU: a guest disk is whole 512-byte sectors; a ragged tail reads as zeros. */
   o.size = ROUND_UP_U64 (src->size, 512);
@@ -170,7 +185,18 @@ main (int argc, char **argv)
   for (i = 0; i < ext.n; i++)
     max_clusters += (ext.v[i].off + ext.v[i].len - 1) / cs - ext.v[i].off / cs + 1;
 
-  if (raw_out) {
+  if (sink) {
+    /* Everything that is not data reads as zeros on the export afterwards. */
+    uint64_t at = 0;
+    for (i = 0; i <= ext.n; i++) {
+      uint64_t next = i < ext.n ? ext.v[i].off : src->size;
+      if (next > at && sink_zero (sink, next - at, at) == -1)
+        die_rb ();
+      if (i < ext.n)
+        at = ext.v[i].off + ext.v[i].len;
+    }
+  }
+  else if (raw_out) {
     out_fd = open (tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (out_fd == -1 || ftruncate (out_fd, src->size) == -1)
       die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], strerror (errno));
@@ -210,11 +236,20 @@ main (int argc, char **argv)
                !all_zero (buf + k + run * cs, MIN_U64 (cs, n - k - run * cs)))
           run++;
         if (run == 0) {
+          /* A zero cluster: nothing to store, but an export must be cleared. */
+          if (sink && gc != last_gc && pos + k < src->size &&
+              sink_zero (sink, MIN_U64 (cs, src->size - (pos + k)), pos + k) == -1)
+            die_rb ();
           k += cs;
           continue;
         }
         last_gc = gc + run - 1;
-        if (raw_out) {
+        if (sink) {
+          uint64_t len = MIN_U64 (run * cs, src->size - (pos + k));
+          if (sink_pwrite (sink, buf + k, len, pos + k) == -1)
+            die_rb ();
+        }
+        else if (raw_out) {
           uint64_t len = MIN_U64 (run * cs, src->size - (pos + k));
           if (pwrite (out_fd, buf + k, len, pos + k) != (ssize_t) len)
             die (EXIT_TROUBLE, "%s: write error at offset %" PRIu64 ": %s",
@@ -238,7 +273,12 @@ main (int argc, char **argv)
     if (w) rb_writer_abort (w);
     die (EXIT_TROUBLE, "%s: the source changed size during the conversion", argv[optind]);
   }
-  if (raw_out) {
+  if (sink) {
+    if (sink_close (sink) == -1)
+      die_rb ();
+    sink = NULL;
+  }
+  else if (raw_out) {
     if ((sync && fsync (out_fd) == -1) || close (out_fd) == -1)
       die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], strerror (errno));
   }
@@ -247,7 +287,7 @@ main (int argc, char **argv)
     snprintf (msg, sizeof msg, "%s", rb_errmsg ());
     die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], msg);
   }
-  if (output_commit () == -1)
+  if (tmp && output_commit () == -1)
     die_rb ();
   progress_end (&prog);
   source_close (src);
