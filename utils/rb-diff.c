@@ -36,6 +36,7 @@ usage (FILE *f, int status)
 "  -c, --count              print only the number of changed sectors\n"
 "  -q, --quiet              print nothing; the exit status tells\n"
 "  -S, --sector-size N      sector size, a power of two from 512 to 1M (default 512)\n"
+"  -p, --progress           show progress on standard error when it is a terminal\n"
 "  -h, --help / -V, --version\n"
 "\n"
 "examples:\n"
@@ -132,7 +133,8 @@ die_input (void)
 /* Compare the first `common` bytes of A and B into r. */
 static void
 diff_common (struct source *sa, struct source *sb, uint64_t common,
-             uint64_t sector_size, const struct source_stream_opts *opts)
+             uint64_t sector_size, const struct source_stream_opts *opts,
+             struct progress *prog)
 {
   uint64_t unit = sector_size > COMPARE_UNIT ? sector_size : COMPARE_UNIT;
   struct source_stream *ta, *tb;
@@ -160,6 +162,7 @@ diff_common (struct source *sa, struct source *sb, uint64_t common,
     uint64_t q = ea < eb ? ea : eb;
 
     compare (&changed, &a, &b, p, q, sector_size, unit);
+    progress_update (prog, q);
     if (ea == q)
       ra = source_stream_next (ta, &a.c);
     if (eb == q)
@@ -183,6 +186,7 @@ main (int argc, char **argv)
     { "quiet", no_argument, NULL, 'q' },
     { "silent", no_argument, NULL, 'q' },
     { "sector-size", required_argument, NULL, 'S' },
+    { "progress", no_argument, NULL, 'p' },
     { "chunk-size", required_argument, NULL, 'K' },   /* tests: small chunks */
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
@@ -193,14 +197,17 @@ main (int argc, char **argv)
   uint64_t sector_size = 512, size_a, size_b, common, longer;
   uint64_t nr_sectors = 0, nr_bytes = 0, total_sectors;
   struct source *sa, *sb;
+  struct progress prog;
+  bool progress = false;
   int64_t v;
   size_t i;
   int c;
 
   opterr = 0;
-  while ((c = getopt_long (argc, argv, "jcqsS:hV", longopts, NULL)) != -1) {
+  while ((c = getopt_long (argc, argv, "jcqsS:phV", longopts, NULL)) != -1) {
     switch (c) {
     case 'j': mode = OUT_JSON; break;
+    case 'p': progress = true; break;
     case 'c': mode = OUT_COUNT; break;
     case 'q': case 's': mode = OUT_QUIET; break;
     case 'S':
@@ -238,7 +245,9 @@ main (int argc, char **argv)
   common = size_a < size_b ? size_a : size_b;
   longer = size_a < size_b ? size_b : size_a;
 
-  diff_common (sa, sb, common, sector_size, &opts);
+  progress_init (&prog, progress, common);
+  diff_common (sa, sb, common, sector_size, &opts, &prog);
+  progress_end (&prog);
   if (longer > common)             /* the longer input's tail counts as changed */
     mark (&changed, common / sector_size, DIV_ROUND_UP_U64 (longer, sector_size) - common / sector_size);
 

@@ -4,6 +4,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -395,6 +396,8 @@ source_stream_start (struct source *s, uint64_t offset, uint64_t count,
   }
   for (unsigned i = 0; i < st->depth; i++)
     st->slots[i].st = st;
+  if (s->fd >= 0)                  /* a larger kernel read-ahead for uncached files */
+    posix_fadvise (s->fd, st->pos, st->end - st->pos, POSIX_FADV_SEQUENTIAL);
   pthread_mutex_init (&st->lock, NULL);
   pthread_cond_init (&st->cond, NULL);
   r = pthread_create (&st->thread, NULL, producer, st);
