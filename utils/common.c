@@ -64,6 +64,38 @@ parse_size (const char *s)
   return *end ? -1 : (int64_t) v;
 }
 
+uint32_t
+parse_cluster_size_opt (const char *arg)
+{
+  int64_t v = parse_size (arg);
+
+  if (v < 512 || v > (2 << 20) || (v & (v - 1)))
+    die (EXIT_USAGE, "--cluster-size: '%s' is not a power of two from 512 to 2M", arg);
+  return v;
+}
+
+uint32_t
+parse_compat_opt (const char *arg)
+{
+  if (strcmp (arg, "0.10") == 0)
+    return 2;
+  if (strcmp (arg, "1.1") == 0)
+    return 3;
+  die (EXIT_USAGE, "--compat: '%s' is neither 0.10 nor 1.1", arg);
+}
+
+bool
+all_zero (const void *p, size_t n)
+{
+  const uint8_t *c = p;
+  size_t i;
+
+  for (i = 0; i < n && i < 16; i++)
+    if (c[i])
+      return false;
+  return n <= 16 || memcmp (c, c + 16, n - 16) == 0;
+}
+
 double
 now (void)
 {

@@ -77,16 +77,6 @@ collect (void *opaque, uint64_t off, uint64_t len, int kind)
   return 0;
 }
 
-static bool
-all_zero (const uint8_t *p, size_t n)
-{
-  size_t i;
-  for (i = 0; i < n && i < 16; i++)
-    if (p[i])
-      return false;
-  return n <= 16 || memcmp (p, p + 16, n - 16) == 0;
-}
-
 int
 main (int argc, char **argv)
 {
@@ -119,16 +109,8 @@ main (int argc, char **argv)
 
   while ((c = getopt_long (argc, argv, "c:z:O:pfhV", longopts, NULL)) != -1) {
     switch (c) {
-    case 'c':
-      if ((v = parse_size (optarg)) < 512 || v > (2 << 20) || (v & (v - 1)))
-        die (EXIT_USAGE, "--cluster-size: '%s' is not a power of two from 512 to 2M", optarg);
-      o.cluster_size = v;
-      break;
-    case 'C':
-      if (strcmp (optarg, "0.10") == 0) o.version = 2;
-      else if (strcmp (optarg, "1.1") == 0) o.version = 3;
-      else die (EXIT_USAGE, "--compat: '%s' is neither 0.10 nor 1.1", optarg);
-      break;
+    case 'c': o.cluster_size = parse_cluster_size_opt (optarg); break;
+    case 'C': o.version = parse_compat_opt (optarg); break;
     case 'R':
       v = parse_size (optarg);
       if (v < 1 || v > 64 || (v & (v - 1)))

@@ -166,16 +166,6 @@ read_base (void *arg)
   return NULL;
 }
 
-static bool
-all_zero (const uint8_t *p, size_t n)
-{
-  size_t i;
-  for (i = 0; i < n && i < 16; i++)
-    if (p[i])
-      return false;
-  return n <= 16 || memcmp (p, p + 16, n - 16) == 0;
-}
-
 /* Path of target relative to the folder of output (both made absolute). */
 static char *
 relative_to (const char *target, const char *output)
@@ -244,21 +234,12 @@ main (int argc, char **argv)
   uint64_t cs, scs, disk, pos, size_now;
   size_t cursor = 0;
   char *backing_name;
-  int64_t v;
   int c;
 
   while ((c = getopt_long (argc, argv, "c:pfhV", longopts, NULL)) != -1) {
     switch (c) {
-    case 'c':
-      if ((v = parse_size (optarg)) < 512 || v > (2 << 20) || (v & (v - 1)))
-        die (EXIT_USAGE, "--cluster-size: '%s' is not a power of two from 512 to 2M", optarg);
-      o.cluster_size = v;
-      break;
-    case 'C':
-      if (strcmp (optarg, "0.10") == 0) o.version = 2;
-      else if (strcmp (optarg, "1.1") == 0) o.version = 3;
-      else die (EXIT_USAGE, "--compat: '%s' is neither 0.10 nor 1.1", optarg);
-      break;
+    case 'c': o.cluster_size = parse_cluster_size_opt (optarg); break;
+    case 'C': o.version = parse_compat_opt (optarg); break;
     case 'E': o.extended_l2 = true; break;
     case 'r': relative = true; break;
     case 'D': changes = optarg; break;
