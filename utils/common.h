@@ -51,6 +51,7 @@ double now (void);
 
 
 
+#define MAX_U64(a, b) ((uint64_t) (a) > (uint64_t) (b) ? (uint64_t) (a) : (uint64_t) (b))
 #define MIN_U64(a, b) ((uint64_t) (a) < (uint64_t) (b) ? (uint64_t) (a) : (uint64_t) (b))
 #define ROUND_UP_U64(n, a) (((uint64_t) (n) + (a) - 1) / (a) * (a))
 #define DIV_ROUND_UP_U64(n, d) (((uint64_t) (n) + (d) - 1) / (d))

@@ -20,7 +20,8 @@
 
 const char *progname = "rb-delta";
 
-#define CHUNK (4u << 20)
+/* Small chunks stay in the CPU cache between the read and the compare. */
+#define CHUNK_MIN (256u << 10)
 
 static void __attribute__((noreturn))
 usage (FILE *f, int status)
@@ -231,7 +232,7 @@ main (int argc, char **argv)
   struct rb_writer *w;
   struct progress prog;
   uint8_t *nb, *bb;
-  uint64_t cs, scs, disk, pos, size_now;
+  uint64_t cs, scs, disk, pos, size_now, chunk;
   size_t cursor = 0;
   char *backing_name;
   int c;
@@ -293,14 +294,15 @@ main (int argc, char **argv)
   w = rb_writer_new (tmp, &o, false, DIV_ROUND_UP_U64 (disk, cs), false);
   if (!w)
     die_rb ();
-  nb = aligned_alloc (4096, CHUNK);
-  bb = aligned_alloc (4096, CHUNK);
+  chunk = MAX_U64 (CHUNK_MIN, cs);
+  nb = aligned_alloc (4096, chunk);
+  bb = aligned_alloc (4096, chunk);
   if (!nb || !bb)
     die (EXIT_TROUBLE, "out of memory");
 
   progress_init (&prog, progress, disk);
-  for (pos = 0; pos < disk; pos += CHUNK) {
-    uint64_t n = MIN_U64 (CHUNK, disk - pos), k;
+  for (pos = 0; pos < disk; pos += chunk) {
+    uint64_t n = MIN_U64 (chunk, disk - pos), k;
     uint64_t nn = pos < new->size ? MIN_U64 (n, new->size - pos) : 0;
     uint64_t bn = pos < base->size ? MIN_U64 (n, base->size - pos) : 0;
     bool any = changes ? touches (&ch, &cursor, pos, n)
