@@ -158,3 +158,23 @@ serve_read_only_and_probe () {
   stop_rblock_logged
   cmp "$IMG" "$T/before.qcow2"
 }
+
+@test "an extended L2 bitmap marking a subcluster both allocated and zero reads as EIO there" {
+  rm -f "$IMG"
+  qemu-img create -q -f qcow2 -o extended_l2=on "$IMG" 8M
+  qemu-io -c 'write -P 0x61 0 64k' -c 'write -P 0x62 128k 2048' -c 'write -P 0x63 1M 64k' \
+    "$IMG" >/dev/null
+  patch_qcow2 "$IMG" bitmap 131072 'old | (1 << 32)'      # subcluster 0: alloc and zero
+  qemu_finds_corruption "$IMG"
+  cp "$IMG" "$T/before.qcow2"
+  start_rblock_logged "$IMG" -r
+  run nbd_try "$URI" pread 131072 512
+  [ "$output" = EIO ]
+  grep -q 'corrupt image: .*subcluster' "$SERVER_LOG" || { cat "$SERVER_LOG"; false; }
+  run nbd_read_hex "$URI" 0 2
+  [ "$output" = 6161 ]
+  run nbd_read_hex "$URI" $((1 << 20)) 2
+  [ "$output" = 6363 ]
+  stop_rblock_logged
+  cmp "$IMG" "$T/before.qcow2"
+}

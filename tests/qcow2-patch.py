@@ -7,7 +7,8 @@ Operations (several may be chained with "--"):
   get FIELD                    print a header field (decimal)
   set FIELD VALUE              set a header field
   l1 INDEX VALUE               set L1 entry INDEX
-  l2 GUEST_OFFSET VALUE        set the L2 entry that maps GUEST_OFFSET (standard L2 only)
+  l2 GUEST_OFFSET VALUE        set the L2 entry that maps GUEST_OFFSET
+  bitmap GUEST_OFFSET VALUE    set its subcluster bitmap (extended L2: zero bits << 32 | alloc)
   host GUEST_OFFSET            print the host offset of GUEST_OFFSET's data (compressed too)
   backing NAME                 rewrite the backing file name in place (header cluster)
   feature TYPE BIT NEWBIT NAME rename the feature-name-table entry (TYPE, BIT)
@@ -69,17 +70,23 @@ def evaluate(f, expr, old):
     return int(eval(expr, {"__builtins__": {}}, env))
 
 
+def extended_l2(f):
+    """True if the image has extended (16-byte) L2 entries."""
+    return read_at(f, 4, ">I") >= 3 and read_at(f, 72, ">Q") & (1 << 4) != 0
+
+
 def l2_entry_offset(f, guest_offset):
     """Host offset of the L2 entry mapping GUEST_OFFSET (its L2 table must exist)."""
     bits = read_at(f, 20, ">I")
-    l2_entries = 1 << (bits - 3)
+    entry_size = 16 if extended_l2(f) else 8
+    l2_entries = (1 << bits) // entry_size
     cluster = guest_offset >> bits
     l1_index, l2_index = divmod(cluster, l2_entries)
     l1_entry = read_at(f, read_at(f, 40, ">Q") + 8 * l1_index, ">Q")
     table = l1_entry & OFFSET_MASK
     if not table:
         sys.exit("qcow2-patch: guest offset %d has no L2 table" % guest_offset)
-    return table + 8 * l2_index
+    return table + entry_size * l2_index
 
 
 def feature_table(f):
@@ -108,6 +115,11 @@ def run(f, op, args):
         write_at(f, off, ">Q", evaluate(f, args[1], read_at(f, off, ">Q")))
     elif op == "l2":
         off = l2_entry_offset(f, int(args[0], 0))
+        write_at(f, off, ">Q", evaluate(f, args[1], read_at(f, off, ">Q")))
+    elif op == "bitmap":
+        if not extended_l2(f):
+            sys.exit("qcow2-patch: the image has no extended L2 entries")
+        off = l2_entry_offset(f, int(args[0], 0)) + 8
         write_at(f, off, ">Q", evaluate(f, args[1], read_at(f, off, ">Q")))
     elif op == "host":
         entry = read_at(f, l2_entry_offset(f, int(args[0], 0)), ">Q")
