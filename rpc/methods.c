@@ -1,0 +1,637 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * The JSON-RPC methods over the engine; the table drives dispatch, list_methods and the man page.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rpc-internal.h"
+
+static json_object *fail (struct rpc_error *err, int code, const char *fmt, ...)
+  __attribute__((format (printf, 3, 4)));
+
+/* Record a method error; returns NULL. */
+static json_object *
+fail (struct rpc_error *err, int code, const char *fmt, ...)
+{
+  va_list ap;
+
+  err->code = code;
+  va_start (ap, fmt);
+  vsnprintf (err->message, sizeof err->message, fmt, ap);
+  va_end (ap);
+  return NULL;
+}
+
+/* The engine's last error as -32000 with data.errno. */
+static json_object *
+engine_error (struct rpc_error *err)
+{
+  err->code = RPC_ENGINE_ERROR;
+  snprintf (err->message, sizeof err->message, "%s", rb_errmsg ());
+  err->data = json_object_new_object ();
+  json_object_object_add (err->data, "errno", json_object_new_int (rb_errno ()));
+  return NULL;
+}
+
+/* An unsigned integer parameter: required or with a default.  json-c would
+ * convert strings and doubles and saturate; check the type and the range.
+ */
+static int
+get_u64 (json_object *params, const char *name, bool required, uint64_t dflt,
+         uint64_t *out, struct rpc_error *err)
+{
+  json_object *v;
+  int64_t i;
+
+  if (!params || !json_object_object_get_ex (params, name, &v)) {
+    if (required) {
+      fail (err, RPC_INVALID_PARAMS, "Invalid params: missing \"%s\"", name);
+      return -1;
+    }
+    *out = dflt;
+    return 0;
+  }
+  if (!json_object_is_type (v, json_type_int)) {
+    fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be an integer", name);
+    return -1;
+  }
+  errno = 0;
+  i = json_object_get_int64 (v);
+  if (i < 0 || (i == INT64_MAX && errno == ERANGE) ||
+      (i == INT64_MAX && json_object_get_uint64 (v) != (uint64_t) INT64_MAX)) {
+    fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be a non-negative integer in range", name);
+    return -1;
+  }
+  *out = (uint64_t) i;
+  return 0;
+}
+
+/* Only the named parameters are accepted. */
+static int
+only_params (json_object *params, const char *const *names, struct rpc_error *err)
+{
+  if (!params)
+    return 0;
+  json_object_object_foreach (params, key, val) {
+    const char *const *n;
+    (void) val;
+    for (n = names; *n; n++)
+      if (strcmp (*n, key) == 0)
+        break;
+    if (!*n) {
+      fail (err, RPC_INVALID_PARAMS, "Invalid params: unknown parameter \"%s\"", key);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *
+base64_encode (const uint8_t *in, size_t n)
+{
+  char *out = malloc ((n + 2) / 3 * 4 + 1), *p = out;
+  size_t i;
+
+  if (!out)
+    return NULL;
+  for (i = 0; i + 2 < n; i += 3) {
+    *p++ = b64[in[i] >> 2];
+    *p++ = b64[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+    *p++ = b64[((in[i + 1] & 15) << 2) | (in[i + 2] >> 6)];
+    *p++ = b64[in[i + 2] & 63];
+  }
+  if (i < n) {
+    *p++ = b64[in[i] >> 2];
+    if (i + 1 < n) {
+      *p++ = b64[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+      *p++ = b64[(in[i + 1] & 15) << 2];
+    }
+    else {
+      *p++ = b64[(in[i] & 3) << 4];
+      *p++ = '=';
+    }
+    *p++ = '=';
+  }
+  *p = '\0';
+  return out;
+}
+
+/* Decode strict base64 (padding required); returns length or -1. */
+static ssize_t
+base64_decode (const char *s, uint8_t **out)
+{
+  size_t n = strlen (s), i, o = 0;
+  uint8_t *buf;
+
+  if (n % 4)
+    return -1;
+  buf = malloc (n / 4 * 3 + 1);
+  if (!buf)
+    return -1;
+  for (i = 0; i < n; i += 4) {
+    int v[4], k;
+    for (k = 0; k < 4; k++) {
+      const char *c = s[i + k] == '=' ? NULL : strchr (b64, s[i + k]);
+      if (s[i + k] == '\0' || (s[i + k] != '=' && !c) ||
+          (s[i + k] == '=' && (i + 4 != n || k < 2))) {
+        free (buf);
+        return -1;
+      }
+      v[k] = c ? c - b64 : 0;
+    }
+    buf[o++] = (v[0] << 2) | (v[1] >> 4);
+    if (s[i + 2] != '=')
+      buf[o++] = ((v[1] & 15) << 4) | (v[2] >> 2);
+    if (s[i + 3] != '=')
+      buf[o++] = ((v[2] & 3) << 6) | v[3];
+    else if (s[i + 2] == '=' && s[i + 3] != '=') {
+      free (buf);
+      return -1;
+    }
+  }
+  *out = buf;
+  return o;
+}
+
+static json_object *
+j_u64 (uint64_t v)
+{
+  return json_object_new_uint64 (v);
+}
+
+/* ---- methods ---- */
+
+static json_object *
+method_get_version (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+  json_object *r;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  r = json_object_new_object ();
+  json_object_object_add (r, "name", json_object_new_string ("rblock"));
+  json_object_object_add (r, "version", json_object_new_string (PACKAGE_VERSION));
+  json_object_object_add (r, "jsonrpc", json_object_new_string ("2.0"));
+  return r;
+}
+
+static json_object *
+feature_list (struct rb_image *img, int group, uint64_t bits)
+{
+  json_object *a = json_object_new_array ();
+  int i;
+
+  for (i = 0; i < 64; i++)
+    if (bits & (1ULL << i)) {
+      const char *n = rb_feature_name (img, group, i);
+      char buf[32];
+      if (!n) {
+        snprintf (buf, sizeof buf, "bit %d", i);
+        n = buf;
+      }
+      json_object_array_add (a, json_object_new_string (n));
+    }
+  return a;
+}
+
+static const char *
+ext_name (uint32_t type)
+{
+  switch (type) {
+  case 0xe2792acaU: return "backing format";
+  case 0x6803f857U: return "feature name table";
+  case 0x23852875U: return "bitmaps";
+  case 0x0537be77U: return "full disk encryption";
+  case 0x44415441U: return "external data file";
+  default: return "unknown";
+  }
+}
+
+static json_object *
+method_info (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+  struct rb_info *in;
+  json_object *r, *f, *a;
+  unsigned i;
+  char hex[16];
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  in = malloc (sizeof *in);
+  if (!in)
+    return fail (err, RPC_INTERNAL_ERROR, "%s", "out of memory");
+  if (rb_get_info (ctx->img, in) == -1) {
+    free (in);
+    return engine_error (err);
+  }
+  r = json_object_new_object ();
+  json_object_object_add (r, "virtual_size", j_u64 (in->virtual_size));
+  json_object_object_add (r, "cluster_size", j_u64 (in->cluster_size));
+  json_object_object_add (r, "version", json_object_new_int (in->version));
+  json_object_object_add (r, "compat", json_object_new_string (in->version == 2 ? "0.10" : "1.1"));
+  json_object_object_add (r, "refcount_bits", json_object_new_int (in->refcount_bits));
+  json_object_object_add (r, "compression_type",
+                          json_object_new_string (in->compression_type ? "zstd" : "zlib"));
+  json_object_object_add (r, "extended_l2", json_object_new_boolean (in->extended_l2));
+  json_object_object_add (r, "lazy_refcounts", json_object_new_boolean (in->lazy_refcounts));
+  json_object_object_add (r, "dirty", json_object_new_boolean (in->dirty));
+  json_object_object_add (r, "corrupt", json_object_new_boolean (in->corrupt));
+  json_object_object_add (r, "header_length", json_object_new_int (in->header_length));
+  json_object_object_add (r, "l1_table_offset", j_u64 (in->l1_table_offset));
+  json_object_object_add (r, "l1_size", j_u64 (in->l1_size));
+  json_object_object_add (r, "refcount_table_offset", j_u64 (in->refcount_table_offset));
+  json_object_object_add (r, "refcount_table_clusters", j_u64 (in->refcount_table_clusters));
+  json_object_object_add (r, "file_size", j_u64 (in->file_size));
+  f = json_object_new_object ();
+  json_object_object_add (f, "incompatible", feature_list (ctx->img, 0, in->incompatible_features));
+  json_object_object_add (f, "compatible", feature_list (ctx->img, 1, in->compatible_features));
+  json_object_object_add (f, "autoclear", feature_list (ctx->img, 2, in->autoclear_features));
+  json_object_object_add (r, "features", f);
+  a = json_object_new_array ();
+  for (i = 0; i < in->nr_extensions; i++) {
+    json_object *e = json_object_new_object ();
+    snprintf (hex, sizeof hex, "0x%08x", in->extensions[i].type);
+    json_object_object_add (e, "type", json_object_new_string (hex));
+    json_object_object_add (e, "name", json_object_new_string (ext_name (in->extensions[i].type)));
+    json_object_object_add (e, "length", json_object_new_int (in->extensions[i].length));
+    json_object_array_add (a, e);
+  }
+  json_object_object_add (r, "header_extensions", a);
+  json_object_object_add (r, "backing_file", in->backing_file[0] ? json_object_new_string (in->backing_file) : NULL);
+  json_object_object_add (r, "backing_format", in->backing_format[0] ? json_object_new_string (in->backing_format) : NULL);
+  a = json_object_new_array ();
+  for (i = 0; i < in->chain_depth; i++) {
+    json_object *e = json_object_new_object ();
+    json_object_object_add (e, "filename", json_object_new_string (in->chain[i].path));
+    json_object_object_add (e, "format", json_object_new_string (in->chain[i].format));
+    json_object_object_add (e, "virtual_size", j_u64 (in->chain[i].virtual_size));
+    json_object_array_add (a, e);
+  }
+  json_object_object_add (r, "backing_chain", a);
+  a = json_object_new_array ();
+  for (i = 0; i < in->nr_snapshots; i++) {
+    json_object *e = json_object_new_object ();
+    json_object_object_add (e, "id", json_object_new_string (in->snapshots[i].id));
+    json_object_object_add (e, "name", json_object_new_string (in->snapshots[i].name));
+    json_object_object_add (e, "vm_state_size", j_u64 (in->snapshots[i].vm_state_size));
+    json_object_object_add (e, "date_sec", j_u64 (in->snapshots[i].date_sec));
+    json_object_object_add (e, "date_nsec", j_u64 (in->snapshots[i].date_nsec));
+    json_object_object_add (e, "vm_clock_nsec", j_u64 (in->snapshots[i].vm_clock_nsec));
+    json_object_array_add (a, e);
+  }
+  json_object_object_add (r, "snapshots", a);
+  free (in);
+  return r;
+}
+
+/* Read [offset, offset+length) and encode it. */
+static json_object *
+read_range (struct rpc_ctx *ctx, uint64_t offset, uint64_t length, const char *encoding,
+            struct rpc_error *err)
+{
+  uint64_t size = rb_get_size (ctx->img);
+  uint8_t *buf;
+  char *enc;
+  json_object *r;
+
+  if (length > RPC_MAX_READ)
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is over the limit of 4194304 bytes", "length");
+  if (offset > size || length > size - offset)
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" + length is beyond the end of the disk", "offset");
+  buf = malloc (length ? length : 1);
+  if (!buf)
+    return fail (err, RPC_INTERNAL_ERROR, "%s", "out of memory");
+  if (length && rb_pread (ctx->img, buf, length, offset) == -1) {
+    free (buf);
+    return engine_error (err);
+  }
+  if (strcmp (encoding, "hex") == 0) {
+    uint64_t i;
+    enc = malloc (length * 2 + 1);
+    for (i = 0; enc && i < length; i++)
+      sprintf (enc + 2 * i, "%02x", buf[i]);
+    if (enc)
+      enc[2 * length] = '\0';
+  }
+  else
+    enc = base64_encode (buf, length);
+  free (buf);
+  if (!enc)
+    return fail (err, RPC_INTERNAL_ERROR, "%s", "out of memory");
+  pthread_mutex_lock (&ctx->lock);
+  ctx->read_bytes += length;
+  pthread_mutex_unlock (&ctx->lock);
+  r = json_object_new_object ();
+  json_object_object_add (r, "offset", j_u64 (offset));
+  json_object_object_add (r, "length", j_u64 (length));
+  json_object_object_add (r, "encoding", json_object_new_string (encoding));
+  json_object_object_add (r, "data", json_object_new_string (enc));
+  free (enc);
+  return r;
+}
+
+static int
+get_encoding (json_object *params, const char **enc, struct rpc_error *err)
+{
+  json_object *v;
+
+  *enc = "base64";
+  if (params && json_object_object_get_ex (params, "encoding", &v)) {
+    if (!json_object_is_type (v, json_type_string) ||
+        (strcmp (json_object_get_string (v), "base64") != 0 && strcmp (json_object_get_string (v), "hex") != 0)) {
+      fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be \"base64\" or \"hex\"", "encoding");
+      return -1;
+    }
+    *enc = json_object_get_string (v);
+  }
+  return 0;
+}
+
+static json_object *
+method_read (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "offset", "length", "encoding", NULL };
+  uint64_t offset, length;
+  const char *enc;
+
+  if (only_params (params, names, err) == -1 ||
+      get_u64 (params, "offset", true, 0, &offset, err) == -1 ||
+      get_u64 (params, "length", true, 0, &length, err) == -1 ||
+      get_encoding (params, &enc, err) == -1)
+    return NULL;
+  return read_range (ctx, offset, length, enc, err);
+}
+
+static json_object *
+method_read_guest_cluster (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "cluster", "encoding", NULL };
+  uint64_t cluster, cs = rb_get_cluster_size (ctx->img), size = rb_get_size (ctx->img);
+  const char *enc;
+  json_object *r;
+
+  if (only_params (params, names, err) == -1 ||
+      get_u64 (params, "cluster", true, 0, &cluster, err) == -1 ||
+      get_encoding (params, &enc, err) == -1)
+    return NULL;
+  if (cluster >= (size + cs - 1) / cs)
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is beyond the end of the disk", "cluster");
+  r = read_range (ctx, cluster * cs, cs < size - cluster * cs ? cs : size - cluster * cs, enc, err);
+  if (r)
+    json_object_object_add (r, "cluster", j_u64 (cluster));
+  return r;
+}
+
+static json_object *
+method_lookup (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "offset", NULL };
+  struct rb_mapping m;
+  uint64_t offset;
+  json_object *r;
+
+  if (only_params (params, names, err) == -1 ||
+      get_u64 (params, "offset", true, 0, &offset, err) == -1)
+    return NULL;
+  if (offset >= rb_get_size (ctx->img))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is beyond the end of the disk", "offset");
+  if (rb_lookup (ctx->img, offset, &m) == -1)
+    return engine_error (err);
+  r = json_object_new_object ();
+  json_object_object_add (r, "offset", j_u64 (m.guest_offset));
+  json_object_object_add (r, "guest_cluster", j_u64 (m.guest_cluster));
+  json_object_object_add (r, "l1_index", j_u64 (m.l1_index));
+  json_object_object_add (r, "l2_index", j_u64 (m.l2_index));
+  json_object_object_add (r, "l2_table_offset", j_u64 (m.l2_table_offset));
+  json_object_object_add (r, "l2_entry", j_u64 (m.l2_entry));
+  if (m.subcluster >= 0) {
+    json_object_object_add (r, "subcluster", json_object_new_int (m.subcluster));
+    json_object_object_add (r, "l2_bitmap", j_u64 (m.l2_bitmap));
+  }
+  json_object_object_add (r, "type", json_object_new_string (rb_cluster_type_name (m.type)));
+  json_object_object_add (r, "host_cluster_offset", j_u64 (m.host_cluster_offset));
+  json_object_object_add (r, "host_offset", j_u64 (m.host_offset));
+  if (m.type == RB_CLUSTER_COMPRESSED)
+    json_object_object_add (r, "compressed_size", j_u64 (m.compressed_size));
+  json_object_object_add (r, "refcount_table_index", j_u64 (m.refcount_table_index));
+  json_object_object_add (r, "refcount_block_index", j_u64 (m.refcount_block_index));
+  json_object_object_add (r, "refcount", j_u64 (m.refcount));
+  if (m.type == RB_CLUSTER_BACKING)
+    json_object_object_add (r, "backing_depth", json_object_new_int (m.backing_depth));
+  return r;
+}
+
+struct map_acc {
+  struct rb_image *img;
+  json_object *a;
+  unsigned n;
+};
+
+static int
+map_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
+{
+  struct map_acc *acc = opaque;
+  json_object *e = json_object_new_object ();
+  bool data = !(type & RB_EXTENT_ZERO);
+  struct rb_mapping m;
+
+  if (++acc->n > 100000) {
+    json_object_put (e);
+    errno = E2BIG;
+    return -1;
+  }
+  json_object_object_add (e, "start", j_u64 (offset));
+  json_object_object_add (e, "length", j_u64 (length));
+  json_object_object_add (e, "data", json_object_new_boolean (data));
+  json_object_object_add (e, "zero", json_object_new_boolean (!data));
+  if (data && rb_lookup (acc->img, offset, &m) == 0 && m.type == RB_CLUSTER_DATA)
+    json_object_object_add (e, "offset", j_u64 (m.host_offset));
+  json_object_array_add (acc->a, e);
+  return 0;
+}
+
+static json_object *
+method_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "offset", "length", NULL };
+  uint64_t size = rb_get_size (ctx->img), offset, length;
+  struct map_acc acc;
+
+  if (only_params (params, names, err) == -1 ||
+      get_u64 (params, "offset", false, 0, &offset, err) == -1)
+    return NULL;
+  if (offset > size)
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is beyond the end of the disk", "offset");
+  if (get_u64 (params, "length", false, size - offset, &length, err) == -1)
+    return NULL;
+  if (length > size - offset)
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" runs beyond the end of the disk", "length");
+  acc.img = ctx->img;
+  acc.a = json_object_new_array ();
+  acc.n = 0;
+  if (length && rb_extents (ctx->img, length, offset, map_extent, &acc) == -1) {
+    json_object_put (acc.a);
+    if (acc.n > 100000)
+      return fail (err, RPC_INVALID_PARAMS, "Invalid params: the range has too many extents; ask for a shorter %s", "length");
+    return engine_error (err);
+  }
+  return acc.a;
+}
+
+static json_object *
+method_check (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+  struct rb_check_result c;
+  json_object *r;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  if (rb_check (ctx->img, &c, 0) == -1)
+    return engine_error (err);
+  r = json_object_new_object ();
+  json_object_object_add (r, "corruptions", j_u64 (c.corruptions));
+  json_object_object_add (r, "leaks", j_u64 (c.leaks));
+  json_object_object_add (r, "check_errors", j_u64 (c.check_errors));
+  json_object_object_add (r, "allocated_clusters", j_u64 (c.allocated_clusters));
+  json_object_object_add (r, "total_clusters", j_u64 (c.total_clusters));
+  json_object_object_add (r, "image_end_offset", j_u64 (c.image_end_offset));
+  return r;
+}
+
+static json_object *
+method_stats (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+  struct rb_stats s;
+  json_object *r, *e, *rpc;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  rb_get_stats (ctx->img, &s);
+  r = json_object_new_object ();
+  e = json_object_new_object ();
+  json_object_object_add (e, "reads", j_u64 (s.reads));
+  json_object_object_add (e, "read_bytes", j_u64 (s.read_bytes));
+  json_object_object_add (e, "writes", j_u64 (s.writes));
+  json_object_object_add (e, "write_bytes", j_u64 (s.write_bytes));
+  json_object_object_add (e, "zeros", j_u64 (s.zeros));
+  json_object_object_add (e, "zero_bytes", j_u64 (s.zero_bytes));
+  json_object_object_add (e, "trims", j_u64 (s.trims));
+  json_object_object_add (e, "trim_bytes", j_u64 (s.trim_bytes));
+  json_object_object_add (e, "flushes", j_u64 (s.flushes));
+  json_object_object_add (e, "extents_calls", j_u64 (s.extents_calls));
+  json_object_object_add (e, "clusters_allocated", j_u64 (s.clusters_allocated));
+  json_object_object_add (e, "cache_hits", j_u64 (s.cache_hits));
+  json_object_object_add (e, "cache_misses", j_u64 (s.cache_misses));
+  json_object_object_add (r, "engine", e);
+  rpc = json_object_new_object ();
+  pthread_mutex_lock (&ctx->lock);
+  json_object_object_add (rpc, "requests", j_u64 (ctx->requests));
+  json_object_object_add (rpc, "errors", j_u64 (ctx->errors));
+  json_object_object_add (rpc, "notifications", j_u64 (ctx->notifications));
+  json_object_object_add (rpc, "read_bytes", j_u64 (ctx->read_bytes));
+  json_object_object_add (rpc, "write_bytes", j_u64 (ctx->write_bytes));
+  pthread_mutex_unlock (&ctx->lock);
+  json_object_object_add (r, "rpc", rpc);
+  return r;
+}
+
+static json_object *
+method_list_methods (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+  const struct rpc_method *m;
+  json_object *a;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  a = json_object_new_array ();
+  for (m = rpc_methods; m->name; m++) {
+    json_object *e = json_object_new_object ();
+    json_object_object_add (e, "name", json_object_new_string (m->name));
+    json_object_object_add (e, "params", json_object_new_string (m->params));
+    json_object_object_add (e, "writable_only", json_object_new_boolean (m->needs_writable));
+    json_object_object_add (e, "available", json_object_new_boolean (!m->needs_writable || ctx->writable));
+    json_object_object_add (e, "description", json_object_new_string (m->description));
+    json_object_array_add (a, e);
+  }
+  return a;
+}
+
+static json_object *
+method_write (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "offset", "data", "fua", NULL };
+  uint64_t offset, size = rb_get_size (ctx->img);
+  json_object *d, *r, *fua = NULL;
+  uint8_t *buf = NULL;
+  ssize_t n;
+
+  if (only_params (params, names, err) == -1 ||
+      get_u64 (params, "offset", true, 0, &offset, err) == -1)
+    return NULL;
+  if (!json_object_object_get_ex (params, "data", &d) || !json_object_is_type (d, json_type_string))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be a base64 string", "data");
+  if (json_object_object_get_ex (params, "fua", &fua) && !json_object_is_type (fua, json_type_boolean))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be true or false", "fua");
+  n = base64_decode (json_object_get_string (d), &buf);
+  if (n < 0)
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is not valid base64", "data");
+  if (offset > size || (uint64_t) n > size - offset) {
+    free (buf);
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" + data is beyond the end of the disk", "offset");
+  }
+  if (n && rb_pwrite (ctx->img, buf, n, offset, fua && json_object_get_boolean (fua) ? RB_FUA : 0) == -1) {
+    free (buf);
+    return engine_error (err);
+  }
+  free (buf);
+  pthread_mutex_lock (&ctx->lock);
+  ctx->write_bytes += n;
+  pthread_mutex_unlock (&ctx->lock);
+  r = json_object_new_object ();
+  json_object_object_add (r, "offset", j_u64 (offset));
+  json_object_object_add (r, "length", j_u64 (n));
+  return r;
+}
+
+static json_object *
+method_flush (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  if (rb_flush (ctx->img) == -1)
+    return engine_error (err);
+  return json_object_new_boolean (1);
+}
+
+const struct rpc_method rpc_methods[] = {
+  { "get_version", method_get_version, false, "", "name and version of the server" },
+  { "info", method_info, false, "", "header fields, features, extensions, backing chain, snapshots" },
+  { "read", method_read, false, "offset, length, [encoding: base64|hex]",
+    "guest bytes (at most 4 MiB)" },
+  { "read_guest_cluster", method_read_guest_cluster, false, "cluster, [encoding]",
+    "one whole guest cluster" },
+  { "lookup", method_lookup, false, "offset",
+    "how a guest offset maps: L1/L2 indexes, host offset, type, refcount" },
+  { "map", method_map, false, "[offset], [length]", "data/zero extents, as qemu-img map" },
+  { "check", method_check, false, "", "corruptions and leaks, as qemu-img check" },
+  { "stats", method_stats, false, "", "requests and bytes by kind (NBD traffic included)" },
+  { "list_methods", method_list_methods, false, "", "this list" },
+  { "write", method_write, true, "offset, data (base64), [fua]", "write guest bytes (writable only)" },
+  { "flush", method_flush, true, "", "make every write durable (writable only)" },
+  { NULL, NULL, false, NULL, NULL },
+};
