@@ -26,3 +26,10 @@ setup_file () {
   [ "$status" -eq 0 ]
   [[ "$output" == *"Done "*" runs in "* ]]
 }
+
+@test "fuzz-rpc (the JSON-RPC framer and dispatcher on fuzzed streams): no crash" {
+  FUZZ_OUT="$BATS_TEST_TMPDIR" FUZZ_SECONDS="${FUZZ_SECONDS:-30}" run "$top_srcdir/tests/fuzz/run.sh" fuzz-rpc
+  echo "$output" | tail -30
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"Done "*" runs in "* ]]
+}

@@ -11,7 +11,7 @@ printf '#define PACKAGE_VERSION "fuzz"\n' > "$out/config.h"
 flags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I$out -I$src/lib -D_GNU_SOURCE"
 libsrc=$(ls "$src"/lib/*.c | grep -v '/writer\.c$' || true)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz-image fuzz-model fuzz-writer)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz-image fuzz-model fuzz-writer fuzz-rpc)
 
 seeds () {   # seeds for the image target, made by QEMU
   local d=$1 i=0
@@ -30,10 +30,18 @@ seeds () {   # seeds for the image target, made by QEMU
 rc=0
 for t in "${targets[@]}"; do
   echo "== $t: build"
-  clang $flags -o "$out/$t" "$src/tests/fuzz/$t.c" $libsrc -lz -lzstd -lpthread
+  extra=""
+  [ "$t" = fuzz-rpc ] && extra="-I$src/rpc $src/rpc/jsonrpc.c $src/rpc/methods.c $(pkg-config --cflags --libs json-c)"
+  # shellcheck disable=SC2086
+  clang $flags -o "$out/$t" "$src/tests/fuzz/$t.c" $libsrc $extra -lz -lzstd -lpthread
   corpus="$out/corpus-$t"
   mkdir -p "$corpus"
   [ "$t" = fuzz-image ] && seeds "$corpus"
+  if [ "$t" = fuzz-rpc ]; then
+    printf '%s\n' '{"jsonrpc":"2.0","method":"read","params":{"offset":8192,"length":100},"id":1}' > "$corpus/s1"
+    printf '%s' '[{"method":"lookup","params":{"offset":9000},"id":"a"},{"jsonrpc":"2.0","method":"map"}]' > "$corpus/s2"
+    printf '%s' '{"jsonrpc":"2.0","method":"write","params":{"offset":0,"data":"SGVsbG8="},"id":null}{"method":"info","id":2}' > "$corpus/s3"
+  fi
   regress="$src/tests/fuzz/regress/$t"
   mapfile -t inputs < <(find "$regress" -type f ! -name '.*' 2>/dev/null | sort)
   if [ ${#inputs[@]} -gt 0 ]; then
