@@ -215,3 +215,16 @@ bad () {
   stop_rblock
   qemu_check_clean "$IMG"
 }
+
+@test "rpc: the seed's exact command over TCP on loopback (echo -n ... | nc localhost PORT | jq)" {
+  for port in $(shuf -i 20000-60000 -n 20); do
+    "$RB_RPC" -l "tcp:127.0.0.1:$port" "$IMG" 2>"$T/rpc.err" &
+    RPID=$!
+    for i in $(seq 40); do nc -z 127.0.0.1 "$port" 2>/dev/null && break 2; sleep 0.05; done
+    kill "$RPID" 2>/dev/null; wait "$RPID" 2>/dev/null; RPID=
+  done
+  [ -n "$RPID" ]
+  out=$(echo -n '{"jsonrpc":"2.0","method":"read_guest_cluster","params":{"cluster":2},"id":1}' | nc -N localhost "$port" | jq -r .result.data | base64 -d | md5sum)
+  [ "$out" = "$(head -c 65536 /dev/zero | tr '\0' 'A' | md5sum)" ]   # guest cluster 2 holds 0x41
+  [ "$(echo '{"method":"get_version","id":42}' | nc -N localhost "$port" | jq .id)" = 42 ]
+}
