@@ -27,6 +27,7 @@ struct conn {
   size_t out_len, out_off;
   time_t last;
   bool closing;              /* close once out is sent */
+  bool discard;              /* drop all further input (after an oversized request) */
 };
 
 struct rpc_server {
@@ -175,7 +176,7 @@ conn_input (struct rpc_server *s, struct conn *c, const char *buf, size_t len)
 {
   size_t off = 0;
 
-  while (off < len && !c->closing) {
+  while (off < len && !c->closing && !c->discard) {
     json_object *text;
     enum json_tokener_error jerr;
     size_t used;
@@ -195,7 +196,10 @@ conn_input (struct rpc_server *s, struct conn *c, const char *buf, size_t len)
       if (c->pending > RPC_MAX_REQUEST) {
         send_json (c, rpc_error_response (NULL, RPC_INVALID_REQUEST,
                                           "Invalid Request: a request is larger than 1 MiB", NULL));
-        c->closing = true;       /* the rest of the text cannot be skipped reliably */
+        /* The rest of the text cannot be skipped reliably: drop what follows
+         * until the client closes (closing now could lose the reply).
+         */
+        c->discard = true;
       }
       return;
     }
@@ -212,13 +216,16 @@ conn_input (struct rpc_server *s, struct conn *c, const char *buf, size_t len)
       continue;
     }
     off += used;
-    c->pending = 0;
     json_tokener_reset (c->tok);
-    {
+    if (c->pending + used > RPC_MAX_REQUEST)   /* complete, but too large */
+      send_json (c, rpc_error_response (NULL, RPC_INVALID_REQUEST,
+                                        "Invalid Request: a request is larger than 1 MiB", NULL));
+    else {
       json_object *reply = rpc_handle (&s->ctx, text);
       if (reply)
         send_json (c, reply);
     }
+    c->pending = 0;
     json_object_put (text);
   }
 }
@@ -293,7 +300,8 @@ serve (struct rpc_server *s)
         ssize_t k = read (c->fd, buf, sizeof buf);
         if (k > 0) {
           c->last = now;
-          conn_input (s, c, buf, k);
+          if (!c->discard)
+            conn_input (s, c, buf, k);
         }
         else if (k == 0 || (errno != EAGAIN && errno != EINTR)) {
           /* End of input ends a pending text (a bare number needs a delimiter). */
