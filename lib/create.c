@@ -40,7 +40,15 @@ struct rb_writer {
   uint64_t last_gc;         /* for order checking */
   bool any;
   bool no_sync;             /* skip the syncs (the caller accepts the risk) */
+  uint64_t kicked;          /* data up to here has had its writeback started */
 };
+
+/* Start writing back what was stored since the last kick, every few MiB, so
+ * that the final sync waits for little (the writer's data is written once and
+ * never again: nothing is gained by keeping it dirty).  A hint only.
+ */
+#define WRITEBACK_KICK (8u << 20)
+static void kick_writeback (struct rb_writer *w);
 
 /* Validate opts and fill defaults into *o.  Returns 0 / -1 (EINVAL). */
 static int
@@ -283,6 +291,7 @@ rb_writer_put_run (struct rb_writer *w, uint64_t gc, const void *data, uint64_t 
   w->any = true;
   w->last_gc = gc + nr - 1;
   w->next = host + nr * w->cs;
+  kick_writeback (w);
   return 0;
 }
 
@@ -299,14 +308,13 @@ l2_slot (struct rb_writer *w, uint64_t gc)
   return w->l2[l1] + (gc % w->l2_entries) * w->entry_size;
 }
 
-/* Store guest cluster gc (in increasing order).  Without extended L2:
+/* One guest cluster (see rb_writer_put).  Without extended L2:
  * alloc_mask 1 stores data (cs bytes, compressed when asked and smaller),
  * zero_mask 1 makes a zero cluster (version 3).  With extended L2 the masks
  * are per subcluster and only allocated subclusters of data are written.
  */
-int
-rb_writer_put (struct rb_writer *w, uint64_t gc, const void *data,
-               uint32_t alloc_mask, uint32_t zero_mask)
+static int
+put_one (struct rb_writer *w, uint64_t gc, const void *data, uint32_t alloc_mask, uint32_t zero_mask)
 {
   uint8_t *e;
   uint64_t host, c;
@@ -375,6 +383,26 @@ rb_writer_put (struct rb_writer *w, uint64_t gc, const void *data,
   if (ref_cluster (w, host / w->cs) == -1)
     return -1;
   w->next = host + w->cs;
+  return 0;
+}
+
+/* Start the writeback of the data stored since the last kick (see WRITEBACK_KICK). */
+static void
+kick_writeback (struct rb_writer *w)
+{
+  if (w->no_sync || w->next < w->kicked + WRITEBACK_KICK)
+    return;
+  sync_file_range (w->fd, w->kicked, w->next - w->kicked, SYNC_FILE_RANGE_WRITE);
+  w->kicked = w->next;
+}
+
+int
+rb_writer_put (struct rb_writer *w, uint64_t gc, const void *data,
+               uint32_t alloc_mask, uint32_t zero_mask)
+{
+  if (put_one (w, gc, data, alloc_mask, zero_mask) == -1)
+    return -1;
+  kick_writeback (w);
   return 0;
 }
 

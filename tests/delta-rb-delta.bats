@@ -46,6 +46,22 @@ own_ranges () {
   [ "$(qemu-img map --output=json "$T/d.qcow2" | jq -c '.[] | select(.start == 5242880) | [.zero, .data]')" = "[true,false]" ]
 }
 
+@test "rb-delta: 1, 2, 3 and 7 worker threads over many small stripes write the same file" {
+  local n chunk x
+  for x in "" --extended-l2; do
+    "$RB_DELTA" $x "$T/base.raw" "$T/new.raw" "$T/ref.qcow2"
+    qemu-img compare "$T/ref.qcow2" "$T/new.raw"
+    for n in 1 2 3 7; do
+      for chunk in 65536 262144; do
+        RBLOCK_THREADS=$n RBLOCK_CHUNK_SIZE=$chunk "$RB_DELTA" $x "$T/base.raw" "$T/new.raw" "$T/d.qcow2"
+        cmp "$T/d.qcow2" "$T/ref.qcow2"
+        rm "$T/d.qcow2"
+      done
+    done
+    rm "$T/ref.qcow2"
+  done
+}
+
 @test "rb-delta: qemu-img commit of the delta into a copy of BASE gives NEW byte for byte" {
   "$RB_DELTA" "$T/base.raw" "$T/new.raw" "$T/d.qcow2"
   cp "$T/base.raw" "$T/copy.raw"

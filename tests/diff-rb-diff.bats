@@ -52,6 +52,21 @@ setup () {
   [ "$(echo "$output" | jq '[.ranges[] | select(.start <= 127 and .start + .count >= 129)] | length')" = 1 ]
 }
 
+@test "rb-diff: 1, 2, 3 and 7 worker threads over many small stripes give the same ranges" {
+  local i n want
+  for i in $(seq 80); do
+    poke "$T/b" $(( (RANDOM * 32768 + RANDOM) % (2 * 1048576 + 300) ))
+  done
+  scribble "$T/b" $((1048576 - 3000)) 9000         # a run across many 512-byte blocks
+  want=$(oracle_ranges "$T/a" "$T/b")
+  [ "$(echo "$want" | wc -l)" -gt 50 ]
+  for n in 1 2 3 7; do
+    for chunk in 512 4096 65536; do
+      [ "$(RBLOCK_THREADS=$n "$RB_DIFF" --json --chunk-size $chunk "$T/a" "$T/b" | json_ranges)" = "$want" ]
+    done
+  done
+}
+
 @test "rb-diff: scattered random changes match the oracle at sector sizes 512, 4096 and 64K" {
   local i
   for i in $(seq 60); do

@@ -66,3 +66,31 @@ every_write () {
     rm -f "$T"/.out.qcow2.tmp.*
   done
 }
+
+@test "rb-delta killed at every write of its output: OUTPUT is absent or valid" {
+  local T="$BATS_TEST_TMPDIR" n total x
+  truncate -s 6M "$T/base.raw"
+  dd if=/dev/urandom of="$T/base.raw" bs=64k count=40 seek=3 conv=notrunc status=none
+  cp "$T/base.raw" "$T/new.raw"
+  dd if=/dev/urandom of="$T/new.raw" bs=4k count=9 seek=100 conv=notrunc status=none
+  dd if=/dev/zero of="$T/new.raw" bs=4k count=4 seek=200 conv=notrunc status=none
+  dd if=/dev/urandom of="$T/new.raw" bs=4k count=5 seek=1400 conv=notrunc status=none
+  for x in "" --extended-l2; do
+    RB_CRASH_FILE=out.qcow2 RB_CRASH_COUNT="$T/count" LD_PRELOAD="$SHIM" \
+      "$top_builddir/utils/rb-delta" -c 16K $x "$T/base.raw" "$T/new.raw" "$T/out.qcow2"
+    total=$(cat "$T/count")
+    rm -f "$T/out.qcow2"
+    [ "$total" -gt 5 ]
+    for n in $(seq 1 "$total"); do
+      run env RB_CRASH_FILE=out.qcow2 RB_CRASH_AT="$n" LD_PRELOAD="$SHIM" \
+        "$top_builddir/utils/rb-delta" -c 16K $x "$T/base.raw" "$T/new.raw" "$T/out.qcow2"
+      [ "$status" -eq 137 ] || { echo "write $n: not killed ($status): $output"; return 1; }
+      if [ -e "$T/out.qcow2" ]; then
+        qemu-img check "$T/out.qcow2"
+        qemu-img compare "$T/new.raw" "$T/out.qcow2"
+      fi
+      rm -f "$T/out.qcow2" "$T"/.out.qcow2.tmp.*
+    done
+    echo "# rb-delta $x: killed at each of $total writes" >&3
+  done
+}

@@ -17,11 +17,9 @@
 #include <json-c/json.h>
 
 #include "common.h"
+#include "pairscan.h"
 
 const char *progname = "rb-delta";
-
-/* Small chunks stay in the CPU cache between the read and the compare. */
-#define CHUNK_MIN (256u << 10)
 
 static void __attribute__((noreturn))
 usage (FILE *f, int status)
@@ -52,11 +50,9 @@ usage (FILE *f, int status)
   exit (status);
 }
 
-/* Sorted, merged byte ranges that changed (from --changes). */
-struct ranges { uint64_t *start, *len; size_t n; };
-
+/* The byte ranges that changed, from rb-diff --json output. */
 static void
-load_changes (const char *file, struct ranges *r, uint64_t new_size)
+load_changes (const char *file, struct extent_list *r, uint64_t new_size)
 {
   json_object *root, *ranges, *ss;
   uint64_t sector;
@@ -89,10 +85,6 @@ load_changes (const char *file, struct ranges *r, uint64_t new_size)
          file);
   sector = json_object_get_int64 (ss);
   n = json_object_array_length (ranges);
-  r->start = calloc (n + 1, sizeof *r->start);
-  r->len = calloc (n + 1, sizeof *r->len);
-  if (!r->start || !r->len)
-    die (EXIT_TROUBLE, "out of memory");
   for (i = 0; i < n; i++) {
     json_object *e = json_object_array_get_idx (ranges, i), *s, *c;
     int64_t sv, cv;
@@ -100,71 +92,172 @@ load_changes (const char *file, struct ranges *r, uint64_t new_size)
         !json_object_is_type (s, json_type_int) || !json_object_is_type (c, json_type_int) ||
         (sv = json_object_get_int64 (s)) < 0 || (cv = json_object_get_int64 (c)) < 1)
       die (EXIT_TROUBLE, "%s: range %zu is not {\"start\":N,\"count\":N}", file, i);
-    r->start[i] = sv * sector;
-    r->len[i] = cv * sector;
-    if (r->start[i] >= new_size)
+    if ((uint64_t) sv * sector >= new_size)
       die (EXIT_TROUBLE, "%s: range %zu starts past the end of NEW", file, i);
-    if (i && r->start[i] < r->start[i - 1] + r->len[i - 1])
+    if (r->n && (uint64_t) sv * sector < r->start[r->n - 1] + r->len[r->n - 1])
       die (EXIT_TROUBLE, "%s: ranges are not sorted and disjoint", file);
+    if (extent_list_add (r, sv * sector, cv * sector) == -1)
+      die_rb ();
   }
-  r->n = n;
   json_object_put (root);
 }
 
-/* Collect the data extents of a source as ranges (holes and zeros left out). */
-static int
-collect (void *opaque, uint64_t off, uint64_t len, int kind)
-{
-  struct ranges *r = opaque;
+/* What the workers and the commits share. */
+struct delta {
+  const struct extent_list *changes; /* --changes, else NULL: compare */
+  uint64_t cs, scs;                /* cluster and subcluster size */
+  int version;
+  struct rb_writer *w;
+  const char *output;
+  struct progress prog;
+};
 
-  if (kind != SOURCE_DATA)
-    return 0;
-  if (r->n && r->start[r->n - 1] + r->len[r->n - 1] == off) {
-    r->len[r->n - 1] += len;
-    return 0;
+/* The changed clusters of one stripe, in order. */
+struct delta_stripe {
+  size_t n, cap, nr_data;
+  struct { uint64_t gc; uint32_t alloc, zero; } *e;
+  uint8_t *data;                   /* nr_data clusters, for the entries with alloc bits */
+  struct delta_stripe *next_free;
+};
+
+/* Finished stripes are kept for reuse: their memory is already mapped (fresh
+ * buffers for every stripe cost a page fault per 4 KiB copied).
+ */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct delta_stripe *pool;
+
+static struct delta_stripe *
+get_stripe (void)
+{
+  struct delta_stripe *st;
+
+  pthread_mutex_lock (&pool_lock);
+  st = pool;
+  if (st)
+    pool = st->next_free;
+  pthread_mutex_unlock (&pool_lock);
+  if (!st)
+    return calloc (1, sizeof *st);
+  st->n = st->nr_data = 0;
+  return st;
+}
+
+/* pair_scan's free_result: back to the pool. */
+static void
+put_stripe (void *p)
+{
+  struct delta_stripe *st = p;
+
+  if (!st)
+    return;
+  pthread_mutex_lock (&pool_lock);
+  st->next_free = pool;
+  pool = st;
+  pthread_mutex_unlock (&pool_lock);
+}
+
+static void
+free_pool (void)
+{
+  while (pool) {
+    struct delta_stripe *st = pool;
+    pool = st->next_free;
+    free (st->e);
+    free (st->data);
+    free (st);
   }
-  if ((r->n & (r->n - 1)) == 0) {      /* grow at powers of two */
-    size_t cap = r->n ? r->n * 2 : 1;
-    r->start = realloc (r->start, cap * sizeof *r->start);
-    r->len = realloc (r->len, cap * sizeof *r->len);
-    if (!r->start || !r->len)
+}
+
+/* Record one changed cluster (its data copied if any subcluster is data). */
+static int
+add_cluster (struct delta_stripe **pst, uint64_t cs, uint64_t gc, uint32_t alloc, uint32_t zero,
+             const uint8_t *data, uint64_t len)
+{
+  struct delta_stripe *st = *pst;
+
+  if (!st && !(st = *pst = get_stripe ()))
+    return rb_error (ENOMEM, "out of memory");
+  if (st->n == st->cap) {
+    size_t cap = st->cap ? st->cap * 2 : 8;
+    void *e = realloc (st->e, cap * sizeof *st->e), *d;
+    if (!e)
       return rb_error (ENOMEM, "out of memory");
+    st->e = e;
+    d = realloc (st->data, cap * cs);
+    if (!d)
+      return rb_error (ENOMEM, "out of memory");
+    st->data = d;
+    st->cap = cap;
   }
-  r->start[r->n] = off;
-  r->len[r->n] = len;
-  r->n++;
+  st->e[st->n].gc = gc;
+  st->e[st->n].alloc = alloc;
+  st->e[st->n].zero = zero;
+  st->n++;
+  if (alloc) {
+    uint8_t *to = st->data + st->nr_data++ * cs;
+    memcpy (to, data, len);
+    memset (to + len, 0, cs - len);
+  }
   return 0;
 }
 
-/* Does [off, off+len) meet a changed range?  cursor advances monotonically. */
-static bool
-touches (const struct ranges *r, size_t *cursor, uint64_t off, uint64_t len)
+/* Worker: the clusters of one block in which NEW (b) differs from BASE (a). */
+static int
+delta_block (void *opaque, void **result, const struct pair_block *blk)
 {
-  while (*cursor < r->n && r->start[*cursor] + r->len[*cursor] <= off)
-    (*cursor)++;
-  return *cursor < r->n && r->start[*cursor] < off + len;
+  const struct delta *d = opaque;
+  uint64_t k;
+
+  for (k = 0; k < blk->length; k += d->cs) {
+    uint64_t len = MIN_U64 (d->cs, blk->length - k), s;
+    uint32_t alloc = 0, zero = 0;
+
+    for (s = 0; s * d->scs < len; s++) {
+      uint64_t off = k + s * d->scs, sl = MIN_U64 (d->scs, len - s * d->scs);
+      bool differs = d->changes ? extent_list_touches (d->changes, blk->offset + off, sl)
+                                : memcmp (blk->b + off, blk->a + off, sl) != 0;
+      if (!differs)
+        continue;
+      if (d->version != 2 && all_zero (blk->b + off, sl))
+        zero |= 1u << s;
+      else
+        alloc |= 1u << s;
+    }
+    if (!alloc && !zero)
+      continue;
+    if (d->scs == d->cs) {
+      /* A whole cluster: data, or the zero flag when NEW is all zeros there. */
+      alloc = alloc ? 1 : 0;
+      zero = alloc ? 0 : 1;
+    }
+    if (add_cluster ((struct delta_stripe **) result, d->cs, (blk->offset + k) / d->cs, alloc, zero,
+                     blk->b + k, len) == -1)
+      return -1;
+  }
+  return 0;
 }
 
-/* BASE is read on a second thread while NEW is read on the first. */
-struct base_read {
-  struct source *src;
-  void *buf;
-  uint64_t count, offset;
-  int ret, err;
-  char msg[600];
-};
-
-static void *
-read_base (void *arg)
+/* Calling thread, stripes in order: store the stripe's clusters. */
+static int
+delta_commit (void *opaque, uint64_t stripe_end, void *result)
 {
-  struct base_read *b = arg;
+  struct delta *d = opaque;
+  struct delta_stripe *st = result;
+  size_t i, di = 0;
+  int r = 0;
 
-  b->ret = b->count ? source_pread (b->src, b->buf, b->count, b->offset) : 0;
-  if (b->ret == -1) {
-    b->err = rb_errno ();
-    snprintf (b->msg, sizeof b->msg, "%s", rb_errmsg ());
+  for (i = 0; st && i < st->n && r == 0; i++) {
+    const uint8_t *data = st->e[i].alloc ? st->data + di++ * d->cs : NULL;
+    r = rb_writer_put (d->w, st->e[i].gc, data, st->e[i].alloc, st->e[i].zero);
   }
-  return NULL;
+  put_stripe (st);
+  if (r == -1) {
+    char msg[600];
+    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+    return rb_error (rb_errno (), "%s: %s", d->output, msg);
+  }
+  progress_update (&d->prog, stripe_end);
+  return 0;
 }
 
 /* Path of target relative to the folder of output (both made absolute). */
@@ -226,14 +319,12 @@ main (int argc, char **argv)
   struct rb_create_opts o = { 0 };
   bool relative = false, progress = false, force = false;
   const char *changes = NULL, *tmp;
-  struct ranges ch = { 0 }, new_data = { 0 }, base_data = { 0 };
-  size_t nd_cursor = 0, bd_cursor = 0;
+  struct extent_list ch = { 0 };
+  struct pair_scan_opts opts = { 0 };
+  struct delta d;
   struct source *base, *new, *both[2];
   struct rb_writer *w;
-  struct progress prog;
-  uint8_t *nb, *bb;
-  uint64_t cs, scs, disk, pos, size_now, chunk;
-  size_t cursor = 0;
+  uint64_t cs, disk, size_now;
   char *backing_name;
   int c;
 
@@ -279,90 +370,35 @@ main (int argc, char **argv)
 
   backing_name = relative ? relative_to (argv[optind], argv[optind + 2]) : strdup (argv[optind]);
   cs = o.cluster_size;
-  scs = o.extended_l2 ? cs / 32 : cs;
   disk = ROUND_UP_U64 (new->size, 512);
   o.size = disk;
   o.backing_file = backing_name;
   o.backing_format = base->kind == SOURCE_QCOW2 ? "qcow2" : "raw";
   if (changes)
     load_changes (changes, &ch, new->size);
-  /* Where both inputs are holes or zeros nothing can differ: not even read. */
-  if (source_extents (new, 0, new->size, collect, &new_data) == -1 ||
-      source_extents (base, 0, base->size, collect, &base_data) == -1)
-    die_rb ();
 
   w = rb_writer_new (tmp, &o, false, DIV_ROUND_UP_U64 (disk, cs), false);
   if (!w)
     die_rb ();
-  chunk = MAX_U64 (CHUNK_MIN, cs);
-  nb = aligned_alloc (4096, chunk);
-  bb = aligned_alloc (4096, chunk);
-  if (!nb || !bb)
-    die (EXIT_TROUBLE, "out of memory");
-
-  progress_init (&prog, progress, disk);
-  for (pos = 0; pos < disk; pos += chunk) {
-    uint64_t n = MIN_U64 (chunk, disk - pos), k;
-    uint64_t nn = pos < new->size ? MIN_U64 (n, new->size - pos) : 0;
-    uint64_t bn = pos < base->size ? MIN_U64 (n, base->size - pos) : 0;
-    bool any = changes ? touches (&ch, &cursor, pos, n)
-      : touches (&new_data, &nd_cursor, pos, n) || touches (&base_data, &bd_cursor, pos, n);
-
-    if (!any)
-      continue;
-    {
-      struct base_read br = { base, bb, changes ? 0 : bn, pos, 0, 0, "" };
-      pthread_t th;
-      bool threaded = br.count && pthread_create (&th, NULL, read_base, &br) == 0;
-      int nr = nn ? source_pread (new, nb, nn, pos) : 0;
-      char msg[600] = "";
-
-      if (nr == -1)
-        snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-      if (threaded)
-        pthread_join (th, NULL);
-      else
-        read_base (&br);
-      if (nr == -1 || br.ret == -1) {
-        rb_writer_abort (w);
-        die (EXIT_TROUBLE, "%s", nr == -1 ? msg : br.msg);
-      }
-    }
-    memset (nb + nn, 0, n - nn);
-    if (!changes)
-      memset (bb + bn, 0, n - bn);      /* past BASE's end the guest reads zeros */
-
-    for (k = 0; k < n; k += cs) {
-      uint64_t gc = (pos + k) / cs, len = MIN_U64 (cs, n - k), s;
-      uint32_t alloc = 0, zero = 0;
-      size_t sc_cursor = cursor;
-
-      for (s = 0; s * scs < len; s++) {
-        uint64_t off = k + s * scs, sl = MIN_U64 (scs, len - s * scs);
-        bool differs = changes ? touches (&ch, &sc_cursor, pos + off, sl)
-                               : memcmp (nb + off, bb + off, sl) != 0;
-        if (!differs)
-          continue;
-        if (all_zero (nb + off, sl) && o.version != 2)
-          zero |= 1u << s;
-        else
-          alloc |= 1u << s;
-      }
-      if (!alloc && !zero)
-        continue;
-      if (!o.extended_l2) {
-        /* A whole cluster: data, or the zero flag when NEW is all zeros there. */
-        alloc = alloc ? 1 : 0;
-        zero = alloc ? 0 : 1;
-      }
-      if (rb_writer_put (w, gc, nb + k, alloc, zero) == -1) {
-        char msg[600];
-        snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-        rb_writer_abort (w);
-        die (EXIT_TROUBLE, "%s: %s", argv[optind + 2], msg);
-      }
-    }
-    progress_update (&prog, pos + n);
+  d.changes = changes ? &ch : NULL;
+  d.cs = cs;
+  d.scs = o.extended_l2 ? cs / 32 : cs;
+  d.version = o.version;
+  d.w = w;
+  d.output = argv[optind + 2];
+  progress_init (&d.prog, progress, disk);
+  /* Where both inputs read as zeros nothing can differ: not even read.  With
+   * --changes only NEW is read, where the changes are.
+   */
+  opts.count = disk;
+  opts.align = cs;
+  opts.visit = d.changes;
+  opts.free_result = put_stripe;
+  if (pair_scan (changes ? NULL : base, new, &opts, delta_block, delta_commit, &d) == -1) {
+    char msg[600];
+    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+    rb_writer_abort (w);
+    die (EXIT_TROUBLE, "%s", msg);
   }
 
   if (source_current_size (new, &size_now) == -1 || size_now != new->size) {
@@ -376,13 +412,11 @@ main (int argc, char **argv)
   }
   if (output_commit () == -1)
     die_rb ();
-  progress_end (&prog);
+  progress_end (&d.prog);
   source_close (base);
   source_close (new);
   free (backing_name);
-  free (nb);
-  free (bb);
-  free (ch.start);
-  free (ch.len);
+  extent_list_free (&ch);
+  free_pool ();
   return EXIT_OK;
 }

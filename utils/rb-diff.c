@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "pairscan.h"
 
 const char *progname = "rb-diff";
 
@@ -53,11 +54,22 @@ struct range {
   uint64_t start, count;           /* in sectors */
 };
 
-/* The changed sectors found so far, in increasing order, merged. */
+/* Changed sectors in increasing order, merged. */
 struct ranges {
   struct range *v;
   size_t n, alloc;
 };
+
+/* Free a stripe's ranges (pair_scan's free_result). */
+static void
+free_ranges (void *p)
+{
+  struct ranges *r = p;
+
+  if (r)
+    free (r->v);
+  free (r);
+}
 
 /* Mark sectors [first, first+count) changed (first never below what was marked). */
 static void
@@ -81,46 +93,53 @@ mark (struct ranges *r, uint64_t first, uint64_t count)
 
 static struct ranges changed;
 
-struct side {
-  struct source_chunk c;
-  const uint8_t *zeros;            /* COMPARE_UNIT (or a sector) of zeros */
+struct diff {
+  uint64_t sector_size, unit;
+  struct progress *prog;
 };
 
-/* Bytes of side s at source offset off (zeros for a zero chunk). */
-static const uint8_t *
-bytes_at (const struct side *s, uint64_t off)
+/* Worker: mark the sectors of one block that differ, in the stripe's own ranges. */
+static int
+diff_block (void *opaque, void **result, const struct pair_block *blk)
 {
-  if (s->c.kind != SOURCE_DATA)
-    return s->zeros;
-  return (const uint8_t *) s->c.data + (off - s->c.offset);
-}
+  const struct diff *d = opaque;
+  struct ranges *r = *result;
+  uint64_t p = 0;
 
-/* Compare [p, q), where both chunks hold it, and mark the sectors that differ. */
-static void
-compare (struct ranges *r, const struct side *a, const struct side *b,
-         uint64_t p, uint64_t q, uint64_t sector_size, uint64_t unit)
-{
-  if (a->c.kind != SOURCE_DATA && b->c.kind != SOURCE_DATA)
-    return;                        /* zeros on both sides: nothing was read */
-  while (p < q) {
-    uint64_t u = (p / unit + 1) * unit;
+  while (p < blk->length) {
+    uint64_t u = MIN_U64 ((blk->offset + p) / d->unit * d->unit + d->unit - blk->offset,
+                          blk->length);
 
-    if (u > q)
-      u = q;
-    if (memcmp (bytes_at (a, p), bytes_at (b, p), u - p) != 0) {
-      /* Drop to sectors inside the differing block. */
-      uint64_t s = p;
-      while (s < u) {
-        uint64_t e = (s / sector_size + 1) * sector_size;
-        if (e > u)
-          e = u;
-        if (memcmp (bytes_at (a, s), bytes_at (b, s), e - s) != 0)
-          mark (r, s / sector_size, 1);
-        s = e;
+    if (memcmp (blk->a + p, blk->b + p, u - p) != 0) {
+      /* Drop to sectors inside the differing unit. */
+      uint64_t s;
+      for (s = p; s < u; s += d->sector_size) {
+        uint64_t e = MIN_U64 (s + d->sector_size, u);
+        if (memcmp (blk->a + s, blk->b + s, e - s) == 0)
+          continue;
+        if (!r && !(r = *result = calloc (1, sizeof *r)))
+          return rb_error (ENOMEM, "out of memory");
+        mark (r, (blk->offset + s) / d->sector_size, 1);
       }
     }
     p = u;
   }
+  return 0;
+}
+
+/* Calling thread, stripes in order: merge the stripe's ranges. */
+static int
+diff_commit (void *opaque, uint64_t stripe_end, void *result)
+{
+  const struct diff *d = opaque;
+  struct ranges *r = result;
+  size_t i;
+
+  for (i = 0; r && i < r->n; i++)
+    mark (&changed, r->v[i].start, r->v[i].count);
+  free_ranges (r);
+  progress_update (d->prog, stripe_end);
+  return 0;
 }
 
 /* Die with the last error recorded (it names the input). */
@@ -128,53 +147,6 @@ static void __attribute__((noreturn))
 die_input (void)
 {
   die (EXIT_TROUBLE, "%s", rb_errmsg ());
-}
-
-/* Compare the first `common` bytes of A and B into r. */
-static void
-diff_common (struct source *sa, struct source *sb, uint64_t common,
-             uint64_t sector_size, const struct source_stream_opts *opts,
-             struct progress *prog)
-{
-  uint64_t unit = sector_size > COMPARE_UNIT ? sector_size : COMPARE_UNIT;
-  struct source_stream *ta, *tb;
-  struct side a, b;
-  uint8_t *zeros;
-  int ra, rb;
-
-  if (common == 0)
-    return;
-  zeros = calloc (1, unit);
-  if (!zeros)
-    die (EXIT_TROUBLE, "out of memory");
-  a.zeros = b.zeros = zeros;
-  ta = source_stream_start (sa, 0, common, opts);
-  if (!ta)
-    die_input ();
-  tb = source_stream_start (sb, 0, common, opts);
-  if (!tb)
-    die_input ();
-  ra = source_stream_next (ta, &a.c);
-  rb = source_stream_next (tb, &b.c);
-  while (ra == 1 && rb == 1) {
-    uint64_t p = a.c.offset > b.c.offset ? a.c.offset : b.c.offset;
-    uint64_t ea = a.c.offset + a.c.length, eb = b.c.offset + b.c.length;
-    uint64_t q = ea < eb ? ea : eb;
-
-    compare (&changed, &a, &b, p, q, sector_size, unit);
-    progress_update (prog, q);
-    if (ea == q)
-      ra = source_stream_next (ta, &a.c);
-    if (eb == q)
-      rb = source_stream_next (tb, &b.c);
-  }
-  if (ra == -1 || rb == -1)
-    die_input ();
-  if (ra != rb)
-    die (EXIT_TROUBLE, "%s: the input ended early", ra ? sb->name : sa->name);
-  source_stream_stop (ta);
-  source_stream_stop (tb);
-  free (zeros);
 }
 
 int
@@ -193,7 +165,8 @@ main (int argc, char **argv)
     { NULL, 0, NULL, 0 },
   };
   enum output_mode mode = OUT_HUMAN;
-  struct source_stream_opts opts = { 0 };
+  struct pair_scan_opts opts = { 0 };
+  struct diff d;
   uint64_t sector_size = 512, size_a, size_b, common, longer;
   uint64_t nr_sectors = 0, nr_bytes = 0, total_sectors;
   struct source *sa, *sb;
@@ -220,7 +193,7 @@ main (int argc, char **argv)
       v = parse_size (optarg);
       if (v < 512 || v > (256 << 20))
         die (EXIT_TROUBLE, "--chunk-size: '%s' is not from 512 to 256M", optarg);
-      opts.chunk_size = v;
+      opts.block = v;
       break;
     case 'h': usage (stdout, EXIT_OK);
     case 'V': printf ("%s %s\n", progname, PACKAGE_VERSION); exit (EXIT_OK);
@@ -246,7 +219,14 @@ main (int argc, char **argv)
   longer = size_a < size_b ? size_b : size_a;
 
   progress_init (&prog, progress, common);
-  diff_common (sa, sb, common, sector_size, &opts, &prog);
+  d.sector_size = sector_size;
+  d.unit = MAX_U64 (sector_size, COMPARE_UNIT);
+  d.prog = &prog;
+  opts.count = common;
+  opts.align = sector_size;
+  opts.free_result = free_ranges;
+  if (pair_scan (sa, sb, &opts, diff_block, diff_commit, &d) == -1)
+    die_input ();
   progress_end (&prog);
   if (longer > common)             /* the longer input's tail counts as changed */
     mark (&changed, common / sector_size, DIV_ROUND_UP_U64 (longer, sector_size) - common / sector_size);

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@ struct source_nbd {
   struct nbd_handle *h;
   bool base_allocation;            /* the server answers block status */
   uint64_t max_request;            /* bytes per read request */
+  pthread_mutex_t read_lock;       /* source_pread callers take turns (one poller at a time) */
 };
 
 /* Record "uri: <libnbd's last error, first line>" with libnbd's errno.  Returns -1. */
@@ -72,6 +74,7 @@ nbdsrc_open (struct source *s)
   s->nbd = calloc (1, sizeof *s->nbd);
   if (!s->nbd)
     return rb_error (ENOMEM, "%s: out of memory", s->name);
+  pthread_mutex_init (&s->nbd->read_lock, NULL);
   s->nbd->h = connect_uri (s->name);
   if (!s->nbd->h)
     return -1;
@@ -93,9 +96,13 @@ nbdsrc_close (struct source *s)
     nbd_shutdown (s->nbd->h, 0);
     nbd_close (s->nbd->h);
   }
+  pthread_mutex_destroy (&s->nbd->read_lock);
   free (s->nbd);
   s->nbd = NULL;
 }
+
+/* Called once when every request of a group completed (err 0 or the first errno). */
+typedef void (*nbdsrc_done_fn) (void *opaque, int err);
 
 /* A group of requests that ends with one call of done. */
 struct group {
@@ -130,7 +137,7 @@ group_request_done (void *user_data, int *error)
 }
 
 /* Start reading [offset, offset+count) into buf as several requests.  0 / -1. */
-int
+static int
 nbdsrc_aio_read (struct source *s, void *buf, size_t count, uint64_t offset,
                  nbdsrc_done_fn done, void *opaque)
 {
@@ -170,20 +177,12 @@ nbdsrc_aio_read (struct source *s, void *buf, size_t count, uint64_t offset,
 }
 
 /* Wait for activity on the connection.  0 / -1. */
-int
+static int
 nbdsrc_poll (struct source *s)
 {
   if (nbd_poll (s->nbd->h, -1) == -1)
     return nbd_failed (s->name);
   return 0;
-}
-
-/* Requests in flight on the connection. */
-int
-nbdsrc_in_flight (struct source *s)
-{
-  int r = nbd_aio_in_flight (s->nbd->h);
-  return r < 0 ? 0 : r;
 }
 
 struct sync_read {
@@ -202,8 +201,8 @@ sync_read_done (void *opaque, int err)
 }
 
 /* Read count bytes at offset with several requests in flight.  0 / -1. */
-int
-nbdsrc_pread (struct source *s, void *buf, size_t count, uint64_t offset)
+static int
+pread_locked (struct source *s, void *buf, size_t count, uint64_t offset)
 {
   struct sync_read *r = calloc (1, sizeof *r);
   size_t step = s->nbd->max_request * NBD_MAX_INFLIGHT;
@@ -234,6 +233,21 @@ nbdsrc_pread (struct source *s, void *buf, size_t count, uint64_t offset)
   }
   free (r);
   return 0;
+}
+
+/* Read count bytes at offset with several requests in flight; callers on
+ * several threads take turns (two threads polling one handle could each wait
+ * for a reply the other consumed).  0 / -1.
+ */
+int
+nbdsrc_pread (struct source *s, void *buf, size_t count, uint64_t offset)
+{
+  int r;
+
+  pthread_mutex_lock (&s->nbd->read_lock);
+  r = pread_locked (s, buf, count, offset);
+  pthread_mutex_unlock (&s->nbd->read_lock);
+  return r;
 }
 
 struct status_walk {

@@ -10,10 +10,9 @@
  *   source_size (s), source_name (s)
  *   source_pread (s, buf, count, offset)            -- random reads
  *   source_extents (s, offset, count, fn, opaque)   -- where the data and zeros are
- *   st = source_stream_start (s, 0, size, NULL);    -- a fast sequential scan:
- *   while ((r = source_stream_next (st, &chunk)) == 1) ... use chunk ...
- *   source_stream_stop (st);                        -- r == -1: rb_errmsg () says why
  *   source_close (s);
+ *
+ * Two inputs side by side on several threads: pairscan.h.
  *
  * Errors follow the engine's convention (lib/rblock.h): -1 or NULL with errno
  * and a one-line message (rb_errmsg ()) that names the input, recorded for the
@@ -25,9 +24,8 @@
  * SOURCE_FORCE_RAW), read through the engine with its backing chain; else a
  * raw regular file or a block device (its size by BLKGETSIZE64).
  *
- * Threads: a source may be read by one stream and the opening thread, but
- * while a stream runs on an NBD source, do not call source_pread or
- * source_extents on that source from another thread.
+ * Threads: source_pread may be called on several threads at once (NBD
+ * reads of one connection take turns); source_extents on one thread only.
  */
 
 #include <stdbool.h>
@@ -106,45 +104,6 @@ int source_extents (struct source *s, uint64_t offset, uint64_t count,
  * NBD), to notice an input changing under us.  0 / -1.
  */
 int source_current_size (struct source *s, uint64_t *size);
-
-/* ---- streams: a sequential scan that reads ahead of its consumer ----
- * A stream walks [offset, offset+count) of a source in order and hands out
- * chunks.  Zero runs (by source_extents) come as chunks without data and are
- * never read; data comes in chunks of at most chunk_size bytes, aligned to
- * chunk_size in the source's address space.  A reader thread (files, block
- * devices, qcow2) or several asynchronous NBD requests (libnbd aio) fill up
- * to `depth` buffers ahead, so reading overlaps with whatever the consumer
- * does with the previous chunks.
- */
-struct source_stream_opts {
-  size_t chunk_size;               /* bytes per data chunk; 0 = env RBLOCK_CHUNK_SIZE,
-                                      else 256 KiB (1 MiB for NBD) */
-  unsigned depth;                  /* buffers read ahead; 0 = 4 (8 for NBD) */
-  uint64_t min_hole;               /* zero runs shorter than this are read as data; 0 = 64 KiB */
-  bool no_extents;                 /* read everything: all chunks are data */
-};
-
-struct source_chunk {
-  uint64_t offset;                 /* in the source */
-  uint64_t length;
-  int kind;                        /* SOURCE_DATA, or SOURCE_ZERO (| SOURCE_HOLE) */
-  const void *data;                /* DATA: length bytes, valid until the next
-                                      source_stream_next or _stop; else NULL */
-};
-
-struct source_stream;
-
-/* Start a stream over [offset, offset+count) (count 0 = to the end).
- * opts may be NULL.  NULL on error.
- */
-struct source_stream *source_stream_start (struct source *s, uint64_t offset, uint64_t count,
-                                           const struct source_stream_opts *opts);
-/* The next chunk: 1 with *chunk filled, 0 at the end, -1 on error (a read
- * failed or the NBD server went away; rb_errmsg () names the input).
- */
-int source_stream_next (struct source_stream *st, struct source_chunk *chunk);
-/* Stop the reader (pending reads are waited for) and free the stream. */
-void source_stream_stop (struct source_stream *st);
 
 /* ---- sinks: an NBD export as an output (rb-convert -O raw onto an export) ----
  * Writes are copied and sent asynchronously with several in flight; errors
