@@ -13,6 +13,13 @@ setup_file () {
   [[ "$output" == *"Done "*" runs in "* ]]
 }
 
+@test "fuzz-plugin (write/zero/trim/flush/extents through the plugin callbacks on fuzzed images, model-checked): no crash, no mismatch" {
+  FUZZ_OUT="$BATS_TEST_TMPDIR" FUZZ_SECONDS="${FUZZ_SECONDS:-30}" run "$top_srcdir/tests/fuzz/run.sh" fuzz-plugin
+  echo "$output" | tail -30
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"Done "*" runs in "* ]]
+}
+
 @test "fuzz-model (operation sequences vs a flat buffer, clean check at the end): no mismatch" {
   FUZZ_OUT="$BATS_TEST_TMPDIR" FUZZ_SECONDS="${FUZZ_SECONDS:-30}" run "$top_srcdir/tests/fuzz/run.sh" fuzz-model
   echo "$output" | tail -30

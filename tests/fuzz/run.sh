@@ -11,7 +11,7 @@ printf '#define PACKAGE_VERSION "fuzz"\n' > "$out/config.h"
 flags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I$out -I$src/lib -D_GNU_SOURCE"
 libsrc=$(ls "$src"/lib/*.c | grep -v '/writer\.c$' || true)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz-image fuzz-model fuzz-writer fuzz-rpc)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz-image fuzz-plugin fuzz-model fuzz-writer fuzz-rpc)
 
 seeds () {   # seeds for the image target, made by QEMU
   local d=$1 i=0
@@ -27,16 +27,33 @@ seeds () {   # seeds for the image target, made by QEMU
   qemu-img snapshot -c s "$d/s1.qcow2"
 }
 
+plugin_seeds () {   # the image seeds behind a tape of operations (see fuzz-plugin.c)
+  local d=$1 f
+  seeds "$out/img-seeds"
+  for f in "$out"/img-seeds/*; do
+    python3 - "$f" "$d/$(basename "$f")" <<'PY'
+import random, struct, sys
+random.seed(sys.argv[1])
+ops = b"".join(bytes([k, random.randrange(256)]) + struct.pack("<HI", random.randrange(1 << 13), random.randrange(1 << 12))
+               for k in (1, 0, 2, 5, 1, 3, 0, 4, 1, 0, 2, 0, 5, 3, 1, 0))
+img = open(sys.argv[1], "rb").read()
+open(sys.argv[2], "wb").write(struct.pack("<H", len(ops)) + ops + img)
+PY
+  done
+}
+
 rc=0
 for t in "${targets[@]}"; do
   echo "== $t: build"
   extra=""
   [ "$t" = fuzz-rpc ] && extra="-I$src/rpc $src/rpc/jsonrpc.c $src/rpc/methods.c $(pkg-config --cflags --libs json-c)"
+  [ "$t" = fuzz-plugin ] && extra="-I$src/rpc $src/rpc/server.c $src/rpc/jsonrpc.c $src/rpc/methods.c $(pkg-config --cflags --libs json-c)"
   # shellcheck disable=SC2086
   clang $flags -o "$out/$t" "$src/tests/fuzz/$t.c" $libsrc $extra -lz -lzstd -lpthread
   corpus="$out/corpus-$t"
   mkdir -p "$corpus"
   [ "$t" = fuzz-image ] && seeds "$corpus"
+  [ "$t" = fuzz-plugin ] && plugin_seeds "$corpus"
   if [ "$t" = fuzz-rpc ]; then
     printf '%s\n' '{"jsonrpc":"2.0","method":"read","params":{"offset":8192,"length":100},"id":1}' > "$corpus/s1"
     printf '%s' '[{"method":"lookup","params":{"offset":9000},"id":"a"},{"jsonrpc":"2.0","method":"map"}]' > "$corpus/s2"
@@ -50,7 +67,7 @@ for t in "${targets[@]}"; do
   fi
   echo "== $t: fuzz for ${secs}s"
   dict=""
-  [ -f "$src/tests/fuzz/qcow2.dict" ] && [ "$t" = fuzz-image ] && dict="-dict=$src/tests/fuzz/qcow2.dict"
+  [ -f "$src/tests/fuzz/qcow2.dict" ] && { [ "$t" = fuzz-image ] || [ "$t" = fuzz-plugin ]; } && dict="-dict=$src/tests/fuzz/qcow2.dict"
   (cd "$out" && "$out/$t" $dict -max_total_time="$secs" -max_len=1048576 -rss_limit_mb=2048 \
       -timeout=20 -print_final_stats=1 "$corpus" 2>&1 | tail -25) || rc=1
   if ls "$out"/crash-* "$out"/leak-* "$out"/timeout-* 2>/dev/null | grep -q .; then
