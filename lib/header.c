@@ -45,12 +45,13 @@ rb_feature_name (struct rb_image *img, int group, int bit)
  */
 static int
 validate_table (struct rb_image *img, const char *what, uint64_t offset,
-                uint64_t nr, uint64_t entry_size, uint64_t max_bytes)
+                uint64_t nr, const char *unit, uint64_t entry_size, uint64_t max_bytes)
 {
   uint64_t bytes, end;
 
   if (MUL_OVERFLOW (nr, entry_size, &bytes) || bytes > max_bytes)
-    return rb_error (EIO, "corrupt image: %s too large (%" PRIu64 " entries)", what, nr);
+    return rb_error (EIO, "corrupt image: %s too large (%" PRIu64 " %s, over %" PRIu64 " MiB)",
+                     what, nr, unit, max_bytes >> 20);
   if (nr == 0)
     return 0;
   if (!IS_ALIGNED (offset, img->cluster_size))
@@ -105,8 +106,11 @@ read_extensions (struct rb_image *img, const uint8_t *buf, uint64_t start, uint6
       }
       break;
     }
-    case QCOW_EXT_CRYPTO:
-      return rb_error (ENOTSUP, "unsupported feature: encryption (full disk encryption header)");
+    case QCOW_EXT_CRYPTO:       /* refused below as LUKS encryption */
+      if (img->crypt_method != 2)
+        return rb_error (EIO, "corrupt image: full disk encryption header with crypt_method %u",
+                         img->crypt_method);
+      break;
     case QCOW_EXT_DATA_FILE:
       if (img->incompatible_features & QCOW_INCOMPAT_DATA_FILE)
         return rb_error (ENOTSUP, "unsupported feature: external data file");
@@ -276,7 +280,7 @@ header_read (struct rb_image *img)
     return rb_error (EIO, "corrupt image: virtual size %" PRIu64 " is too large", img->size);
   l2_coverage = img->cluster_size << img->l2_bits;
   l1_needed = DIV_ROUND_UP (img->size, l2_coverage);
-  if (validate_table (img, "L1 table", img->l1_table_offset, img->l1_size, 8,
+  if (validate_table (img, "L1 table", img->l1_table_offset, img->l1_size, "entries", 8,
                       QCOW_MAX_L1_BYTES) == -1)
     return -1;
   if (img->l1_size < l1_needed)
@@ -286,7 +290,7 @@ header_read (struct rb_image *img)
   if (img->refcount_table_clusters == 0)
     return rb_error (EIO, "corrupt image: refcount table has no clusters");
   if (validate_table (img, "refcount table", img->refcount_table_offset,
-                      img->refcount_table_clusters, img->cluster_size,
+                      img->refcount_table_clusters, "clusters", img->cluster_size,
                       MAX (QCOW_MAX_REFTABLE_BYTES, img->cluster_size)) == -1)
     return -1;
 
@@ -294,7 +298,7 @@ header_read (struct rb_image *img)
     return rb_error (EIO, "corrupt image: too many snapshots (%u, limit %d)",
                      img->nb_snapshots, QCOW_MAX_SNAPSHOTS);
   if (validate_table (img, "snapshot table", img->snapshots_offset, img->nb_snapshots,
-                      SNAP_HDR_SIZE, UINT64_MAX) == -1)
+                      "snapshots", SNAP_HDR_SIZE, UINT64_MAX) == -1)
     return -1;
 
   if (img->backing_file_offset != 0 && img->backing_file_size > 0) {
@@ -357,7 +361,7 @@ snapshots_read (struct rb_image *img)
         full_pread (img->fd, sn->name, name_len, off + id_len, IO_META_READ) == -1)
       return -1;
     off = ROUND_UP (off + id_len + name_len, 8);
-    if (validate_table (img, "snapshot L1 table", sn->l1_table_offset, sn->l1_size, 8,
+    if (validate_table (img, "snapshot L1 table", sn->l1_table_offset, sn->l1_size, "entries", 8,
                         QCOW_MAX_L1_BYTES) == -1)
       return -1;
   }

@@ -74,6 +74,12 @@ read_tables (struct rb_image *img)
       if (img->l1[i] & L1E_RESERVED_MASK)
         return rb_error (EIO, "corrupt image: L1 entry %" PRIu64 " has reserved bits set (%#" PRIx64 ")",
                          i, img->l1[i]);
+      /* Flags with a zero offset name the header as an L2 table: qemu-img
+       * check walks it as one, QEMU's write path asserts.  Refuse it here.
+       */
+      if (img->l1[i] != 0 && (img->l1[i] & L1E_OFFSET_MASK) == 0)
+        return rb_error (EIO, "corrupt image: L1 entry %" PRIu64 " points at the header (%#" PRIx64 ")",
+                         i, img->l1[i]);
     }
   }
   if (full_pread (img->fd, buf, bytes, img->refcount_table_offset, IO_META_READ) == -1)
