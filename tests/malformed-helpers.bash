@@ -81,6 +81,15 @@ qemu_refuses () {
   fi
 }
 
+# qemu_finds_corruption IMAGE: the oracle opens IMAGE but qemu-img check exits 2 (corruptions).
+qemu_finds_corruption () {
+  local out st=0
+  out=$(qemu-img check -U "$1" 2>&1) || st=$?
+  if [ "$st" -ne 2 ]; then
+    echo "qemu-img check exited $st on $1 (want 2):"; echo "$out"; return 1
+  fi
+}
+
 # start_rblock_logged IMAGE [nbdkit options and plugin parameters...]
 # Like start_rblock, but nbdkit runs in the foreground in the background so that everything
 # it prints (plugin errors, sanitizer reports) lands in $SERVER_LOG; stop it with

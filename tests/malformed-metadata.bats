@@ -17,14 +17,6 @@ teardown () {
   stop_rblock_logged
 }
 
-# qemu_finds_corruption IMAGE: the oracle agrees (qemu-img check exits 2: corruptions).
-qemu_finds_corruption () {
-  run qemu-img check -U "$1"
-  if [ "$status" -ne 2 ]; then
-    echo "qemu-img check exited $status on $1 (want 2):"; echo "$output"; return 1
-  fi
-}
-
 # serve_read_only_and_probe: serve $IMG read-only; guest 0 fails with EIO (message in the
 # log matching $1), guest 4M still reads 0x33, block status at 0 fails, the file is unchanged.
 serve_read_only_and_probe () {

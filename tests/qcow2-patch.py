@@ -12,6 +12,7 @@ Operations (several may be chained with "--"):
   host GUEST_OFFSET            print the host offset of GUEST_OFFSET's data (compressed too)
   backing NAME                 rewrite the backing file name in place (header cluster)
   feature TYPE BIT NEWBIT NAME rename the feature-name-table entry (TYPE, BIT)
+  extlen TYPE VALUE            set the length of header extension TYPE (e.g. 0x6803f857)
   poke OFFSET HEXBYTES          overwrite bytes at OFFSET
   truncate SIZE                truncate the file to SIZE bytes
 
@@ -89,16 +90,16 @@ def l2_entry_offset(f, guest_offset):
     return table + entry_size * l2_index
 
 
-def feature_table(f):
-    """(offset, length) of the feature name table extension, or exit."""
+def find_extension(f, wanted):
+    """(offset of its type field, length) of header extension WANTED, or exit."""
     version = read_at(f, 4, ">I")
     off = read_at(f, 100, ">I") if version >= 3 else 72
     while True:
         ext_type, ext_len = read_at(f, off, ">I"), read_at(f, off + 4, ">I")
         if ext_type == 0:
-            sys.exit("qcow2-patch: no feature name table")
-        if ext_type == FEATURE_TABLE:
-            return off + 8, ext_len
+            sys.exit("qcow2-patch: no header extension of type %#x" % wanted)
+        if ext_type == wanted:
+            return off, ext_len
         off += 8 + (ext_len + 7) // 8 * 8
 
 
@@ -139,14 +140,17 @@ def run(f, op, args):
         write_at(f, 16, ">I", len(name))
     elif op == "feature":
         ftype, bit, newbit, name = int(args[0]), int(args[1]), int(args[2]), args[3]
-        start, length = feature_table(f)
-        for e in range(start, start + length, 48):
+        start, length = find_extension(f, FEATURE_TABLE)
+        for e in range(start + 8, start + 8 + length, 48):
             if read_at(f, e, ">B") == ftype and read_at(f, e + 1, ">B") == bit:
                 write_at(f, e + 1, ">B", newbit)
                 f.seek(e + 2)
                 f.write(name.encode()[:46].ljust(46, b"\0"))
                 return
         sys.exit("qcow2-patch: no feature table entry of type %d bit %d" % (ftype, bit))
+    elif op == "extlen":
+        off, length = find_extension(f, int(args[0], 0))
+        write_at(f, off + 4, ">I", evaluate(f, args[1], length))
     elif op == "poke":
         f.seek(int(args[0], 0))
         f.write(bytes.fromhex(args[1]))
