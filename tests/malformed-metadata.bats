@@ -170,3 +170,32 @@ serve_read_only_and_probe () {
   stop_rblock_logged
   cmp "$IMG" "$T/before.qcow2"
 }
+
+@test "a refcount table entry of 0 (no block for the header's range): reads work, an allocating write fails with EIO, only the corrupt bit is written" {
+  rt=$(patch_qcow2 "$IMG" get refcount_table_offset)
+  patch_qcow2 "$IMG" poke "$rt" 0000000000000000
+  qemu_finds_corruption "$IMG"
+  cp "$IMG" "$T/before.qcow2"
+  start_rblock_logged "$IMG" -r
+  run nbd_read_hex "$URI" 0 4
+  [ "$output" = 5a5a5a5a ]
+  run nbd_read_hex "$URI" $((4 << 20)) 4
+  [ "$output" = 33333333 ]
+  stop_rblock_logged
+  cmp "$IMG" "$T/before.qcow2"
+  start_rblock_logged "$IMG"
+  run nbd_try "$URI" pwrite $((6 << 20)) 4096 7      # needs a new L2 table and data cluster
+  [ "$output" = EIO ]
+  grep -q 'corrupt image: .*no refcount block covers the header' "$SERVER_LOG" ||
+    { cat "$SERVER_LOG"; false; }
+  run nbd_try "$URI" pwrite 0 4096 7                 # in place, but the image is now corrupt
+  [ "$output" = EIO ]
+  run nbd_read_hex "$URI" 0 4
+  [ "$output" = 5a5a5a5a ]
+  server_alive
+  stop_rblock_logged
+  # Nothing written but the corrupt bit: the header cluster and the rest are as they were.
+  patch_qcow2 "$T/before.qcow2" set incompatible_features 'old | 2'
+  cmp "$IMG" "$T/before.qcow2"
+  qemu-img info "$IMG" | grep -q 'corrupt: true'
+}
