@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
-# Malformed headers and backing chains, made by patching qemu-img-made images: nbdkit refuses
+# Malformed headers, tables and backing chains, made by patching qemu-img-made images: nbdkit refuses
 # them at start-up with one line naming the problem, and never crashes.
 
 load helpers
