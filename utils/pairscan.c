@@ -188,7 +188,8 @@ static void *
 worker (void *arg)
 {
   struct scan *sc = arg;
-  uint8_t *buf_a = aligned_alloc (4096, sc->block), *buf_b = aligned_alloc (4096, sc->block);
+  size_t bytes = ROUND_UP_U64 (sc->block, 4096);   /* aligned_alloc wants a multiple */
+  uint8_t *buf_a = aligned_alloc (4096, bytes), *buf_b = aligned_alloc (4096, bytes);
 
   pthread_mutex_lock (&sc->lock);
   for (;;) {
