@@ -78,6 +78,18 @@ read_compressed (struct rb_image *img, uint64_t l2_entry, void *buf,
   return 0;
 }
 
+/* map_run under the metadata lock (the data is then read or reported without it). */
+static int
+map_run_locked (struct rb_image *img, uint64_t offset, uint64_t count, struct run *r)
+{
+  int ret;
+
+  pthread_mutex_lock (&img->meta_lock);
+  ret = map_run (img, offset, count, r);
+  pthread_mutex_unlock (&img->meta_lock);
+  return ret;
+}
+
 /* Read guest bytes with io_lock held (shared) by the caller. */
 int
 read_locked (struct rb_image *img, void *buf, uint64_t count, uint64_t offset)
@@ -86,12 +98,9 @@ read_locked (struct rb_image *img, void *buf, uint64_t count, uint64_t offset)
 
   while (count > 0) {
     struct run r;
-    int ret;
+    int ret = 0;
 
-    pthread_mutex_lock (&img->meta_lock);
-    ret = map_run (img, offset, count, &r);
-    pthread_mutex_unlock (&img->meta_lock);
-    if (ret == -1)
+    if (map_run_locked (img, offset, count, &r) == -1)
       return -1;
     switch (r.kind) {
     case RUN_DATA:
@@ -240,12 +249,9 @@ extents_locked (struct rb_image *img, uint64_t count, uint64_t offset,
 {
   while (count > 0) {
     struct run r;
-    int ret;
+    int ret = 0;
 
-    pthread_mutex_lock (&img->meta_lock);
-    ret = map_run (img, offset, count, &r);
-    pthread_mutex_unlock (&img->meta_lock);
-    if (ret == -1)
+    if (map_run_locked (img, offset, count, &r) == -1)
       return -1;
     switch (r.kind) {
     case RUN_DATA: case RUN_COMPRESSED:
