@@ -19,12 +19,15 @@ teardown () {
   stop_rblock
 }
 
-# serve_tcp IMAGE [nbdkit args]: nbdkit on 127.0.0.1 at a free port; sets PORT.
+# serve_tcp IMAGE [nbdkit options]: nbdkit on 127.0.0.1 at a free port; sets PORT.
+# SERVE_PARAMS: more key=value parameters after the plugin's (for filters).
 serve_tcp () {
   local img=$1 p; shift
   PIDFILE="$T/nbdkit.pid"
   for p in $(shuf -i 20000-60000 -n 20); do
-    if nbdkit -i 127.0.0.1 -p "$p" -P "$PIDFILE" "$@" "$RBLOCK_SO" file="$img" 2>"$T/nbdkit.err"; then
+    # shellcheck disable=SC2086
+    if nbdkit -i 127.0.0.1 -p "$p" -P "$PIDFILE" "$@" "$RBLOCK_SO" file="$img" ${SERVE_PARAMS:-} \
+         2>"$T/nbdkit.err"; then
       PORT=$p
       return 0
     fi
@@ -67,12 +70,18 @@ host_checks () {
   host_checks "$T/disk.qcow2"
 }
 
-@test "kernel nbd-client with 4 connections (multi-conn)" {
+@test "kernel nbd-client with 4 connections (multi-conn): 4 connections counted on the host, writes spread over several" {
+  local n used
   qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
-  serve_tcp "$T/disk.qcow2"
-  boot nbd4
+  SERVE_PARAMS="logfile=$T/log.txt" serve_tcp "$T/disk.qcow2" --filter=log
+  boot nbd4 -smp 4
   stop_rblock
   host_checks "$T/disk.qcow2"
+  # The log filter names each connection: four connected, and more than one carried writes.
+  n=$(grep -o 'connection=[0-9]* Connect' "$T/log.txt" | sort -u | wc -l)
+  used=$(grep -E 'Write id=' "$T/log.txt" | grep -o 'connection=[0-9]*' | sort -u | wc -l)
+  echo "connections $n, with writes $used"
+  [ "$n" -eq 4 ] && [ "$used" -ge 2 ]
 }
 
 @test "QEMU as the NBD client: a virtio disk on nbd://127.0.0.1:PORT" {
