@@ -62,12 +62,40 @@ host_checks () {
     "$(debugfs -R 'cat /random.md5' "$T/part.img" 2>/dev/null)" ] || { echo "random.bin checksum differs"; return 1; }
 }
 
+# damaged IMAGE KIND: $T/bad.qcow2, IMAGE's guest content with one kind of damage.
+damaged () {
+  local img=$1 kind=$2
+  qemu-img convert -O raw "$img" "$T/d.raw"
+  dd if="$T/d.raw" of="$T/d.part" bs=1M skip=1 status=none
+  case $kind in
+    hello-bytes) printf 'Hellx' | dd of="$T/d.raw" bs=1 seek=196608 conv=notrunc status=none ;;
+    fsck) debugfs -w -R 'set_inode_field /hello.txt links_count 5' "$T/d.part" 2>/dev/null ;;
+    file) debugfs -w -R 'rm /hello.txt' "$T/d.part" 2>/dev/null ;;
+    checksum) echo 0123456789abcdef0123456789abcdef > "$T/md5"
+              debugfs -w -R 'rm /random.md5' "$T/d.part" 2>/dev/null
+              debugfs -w -R "write $T/md5 random.md5" "$T/d.part" 2>/dev/null ;;
+  esac
+  [ "$kind" = hello-bytes ] || dd if="$T/d.part" of="$T/d.raw" bs=1M seek=1 conv=notrunc status=none
+  rm -f "$T/bad.qcow2"
+  qemu-img convert -O qcow2 "$T/d.raw" "$T/bad.qcow2"
+}
+
 @test "kernel nbd-client on /dev/nbd0: seed's tip, partition, ext2, files, checked on the host" {
+  local kind
   qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
   serve_tcp "$T/disk.qcow2"
   boot nbd
   stop_rblock
   host_checks "$T/disk.qcow2"
+  # Each host check bites on its own kind of damage (the negative control below drops every
+  # write, which only the first check needs to see).
+  for kind in hello-bytes fsck file checksum; do
+    damaged "$T/disk.qcow2" "$kind"
+    run host_checks "$T/bad.qcow2"
+    echo "$kind: $status ${lines[-1]}"
+    [ "$status" -ne 0 ]
+  done
+  [ "$(damaged "$T/disk.qcow2" none && host_checks "$T/bad.qcow2" >/dev/null && echo intact)" = intact ]
 }
 
 @test "kernel nbd-client with 4 connections (multi-conn): 4 connections counted on the host, writes spread over several" {
