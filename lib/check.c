@@ -43,6 +43,20 @@ valid_cluster (struct counts *k, uint64_t off)
     (off >> k->img->cluster_bits) < k->nb_clusters;
 }
 
+/* Count one reference to the cluster at off, or a corruption if off is not
+ * a valid cluster offset (unaligned or past the end).  False if not valid.
+ */
+static bool
+ref_cluster (struct counts *k, uint64_t off)
+{
+  if (!valid_cluster (k, off)) {
+    k->res->corruptions++;
+    return false;
+  }
+  ref_range (k, off, k->img->cluster_size);
+  return true;
+}
+
 /* Walk one L1 table (host-order entries).  active: also check the copied flags. */
 static int
 walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
@@ -57,11 +71,8 @@ walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
     uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
     if (!l2)
       continue;
-    if (!valid_cluster (k, l2)) {
-      k->res->corruptions++;
+    if (!ref_cluster (k, l2))
       continue;
-    }
-    ref_range (k, l2, img->cluster_size);
     if (active) {
       if (refcount_get (img, l2 >> img->cluster_bits, &rc) == -1)
         return -1;
@@ -91,17 +102,47 @@ walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
       uint64_t off = e & L2E_OFFSET_MASK;
       if (!off)
         continue;
-      if (!valid_cluster (k, off)) {
-        k->res->corruptions++;
+      if (!ref_cluster (k, off))
         continue;
-      }
-      ref_range (k, off, img->cluster_size);
       if (active) {
         k->res->allocated_clusters++;
         if (refcount_get (img, off >> img->cluster_bits, &rc) == -1)
           return -1;
         if ((rc == 1) != ((e & QCOW_OFLAG_COPIED) != 0))
           k->res->corruptions++;
+      }
+    }
+  }
+  return 0;
+}
+
+/* Bitmap directory, tables and data clusters (bitmaps.c keeps them referenced).
+ * A table entry: bits 9-55 a data cluster's offset (0: all zeros or ones).
+ */
+static int
+walk_bitmaps (struct counts *k)
+{
+  struct rb_image *img = k->img;
+  CLEANUP_FREE uint8_t *t = malloc (img->cluster_size);
+  uint32_t i;
+
+  if (!t)
+    return rb_error (ENOMEM, "out of memory");
+  if (img->nr_bitmaps)
+    ref_range (k, img->bitmap_dir_offset, img->bitmap_dir_size);
+  for (i = 0; i < img->nr_bitmaps; i++) {
+    const struct bitmap *b = &img->bitmaps[i];
+    uint64_t bytes = (uint64_t) b->table_size * 8, pos, j;
+
+    ref_range (k, b->table_offset, bytes);
+    for (pos = 0; pos < bytes; pos += img->cluster_size) {
+      uint64_t n = MIN (img->cluster_size, bytes - pos);
+      if (full_pread (img->fd, t, n, b->table_offset + pos, IO_META_READ) == -1)
+        return -1;
+      for (j = 0; j < n; j += 8) {
+        uint64_t off = get_be64 (t + j) & BME_TABLE_OFFSET_MASK;
+        if (off)
+          ref_cluster (k, off);
       }
     }
   }
@@ -142,17 +183,14 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
     if (walk_l1 (&k, l1, sn->l1_size, false) == -1)
       return -1;
   }
+  if (walk_bitmaps (&k) == -1)
+    return -1;
   ref_range (&k, img->refcount_table_offset,
              (uint64_t) img->refcount_table_clusters * img->cluster_size);
   for (i = 0; i < img->reftable_entries; i++) {
     uint64_t off = img->reftable[i] & REFT_OFFSET_MASK;
-    if (!off)
-      continue;
-    if (!valid_cluster (&k, off)) {
-      res->corruptions++;
-      continue;
-    }
-    ref_range (&k, off, img->cluster_size);
+    if (off)
+      ref_cluster (&k, off);
   }
 
   for (i = 0; i < k.nb_clusters; i++) {

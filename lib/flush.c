@@ -21,7 +21,8 @@
  * 6. An fdatasync separates a stage from the next one that depends on it; flush
  *    and FUA end with fdatasync.
  * 7. Unknown incompatible bits: refuse to open.  Unknown autoclear bits: clear
- *    before the first write.  Corrupt bit: read-only.  Dirty bit: refuse a
+ *    before the first write; persistent bitmaps instead get their in_use flag
+ *    (bitmaps.c), durably before the first write.  Corrupt bit: read-only.  Dirty bit: refuse a
  *    writable open (header.c, image.c, prepare_first_write below).
  */
 #include <config.h>
@@ -100,13 +101,20 @@ flush_metadata (struct rb_image *img)
 int
 prepare_first_write (struct rb_image *img)
 {
+  /* Bitmaps stay (marked in use: bitmaps.c); other autoclear bits go. */
+  uint64_t keep = img->nr_bitmaps ? QCOW_AUTOCLEAR_BITMAPS : 0;
+  bool clear = img->autoclear_features & ~keep;
+  int mark;
+
   if (img->first_write_done)
     return 0;
-  if (img->autoclear_features != 0) {
-    img->autoclear_features = 0;
-    if (header_update_features (img) == -1 || file_sync (img->fd, IO_FLUSH) == -1)
-      return -1;
-  }
+  if ((mark = bitmaps_mark_in_use (img)) == -1)
+    return -1;
+  img->autoclear_features &= keep;
+  if (clear && header_update_features (img) == -1)
+    return -1;
+  if ((mark || clear) && file_sync (img->fd, IO_FLUSH) == -1)
+    return -1;
   img->first_write_done = true;
   return 0;
 }

@@ -60,6 +60,7 @@
 #define QCOW_EXT_BACKING_FORMAT    0xe2792acaU
 #define QCOW_EXT_FEATURE_TABLE     0x6803f857U
 #define QCOW_EXT_BITMAPS           0x23852875U
+#define BME_TABLE_OFFSET_MASK      0x00fffffffffffe00ULL   /* bitmap table entry: data cluster */
 #define QCOW_EXT_CRYPTO            0x0537be77U
 #define QCOW_EXT_DATA_FILE         0x44415441U
 

@@ -204,7 +204,7 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   }
   if (img->incompatible_features & QCOW_INCOMPAT_CORRUPT)
     img->readonly = true;       /* invariant 7: corrupt bit means read-only */
-  if (snapshots_read (img) == -1)
+  if (snapshots_read (img) == -1 || bitmaps_open (img) == -1)
     goto err;
   if (depth == 0 && opts && opts->snapshot && select_snapshot (img, opts->snapshot) == -1)
     goto err;
@@ -255,6 +255,7 @@ image_free (struct rb_image *img)
   cache_free (img->l2_cache);
   cache_free (img->rb_cache);
   header_free (img);
+  bitmaps_free (img);
   free (img->l1);
   free (img->l1_dirty);
   free (img->reftable);

@@ -149,6 +149,21 @@ int overlap_check (struct rb_image *img, uint64_t host_offset, uint64_t len,
                    enum overlap_kind kind);
 int refblocks_rebuild (struct rb_image *img);
 
+/* ---- bitmaps.c (persistent dirty bitmaps, see there) ---- */
+struct bitmap {
+  uint64_t table_offset;
+  uint32_t table_size;      /* entries */
+  uint32_t flags;
+  uint64_t dir_pos;         /* of its entry in the directory */
+};
+/* Load and validate the bitmap directory if the bitmaps autoclear bit is set.  0 / -1. */
+int bitmaps_open (struct rb_image *img);
+/* Set every bitmap's in_use flag and write the directory (the caller syncs).
+ * 1 written, 0 nothing to do, -1 error.
+ */
+int bitmaps_mark_in_use (struct rb_image *img);
+void bitmaps_free (struct rb_image *img);
+
 /* ---- lock.c ---- */
 int image_lock_file (struct rb_image *img, bool writable);
 
@@ -194,6 +209,10 @@ struct rb_image {
   size_t nr_features;
   struct snapshot *snapshots;
   uint64_t snapshots_size;  /* bytes of the snapshot table */
+  uint8_t *bitmap_dir;      /* the bitmap directory as on disk (bitmaps.c) */
+  uint64_t bitmap_dir_offset, bitmap_dir_size;
+  struct bitmap *bitmaps;
+  uint32_t nr_bitmaps;      /* 0: none, or invalidated (autoclear bit clear) */
 
   /* derived geometry */
   uint64_t cluster_size;

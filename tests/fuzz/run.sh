@@ -25,6 +25,10 @@ seeds () {   # seeds for the image target, made by QEMU
   head -c 256k /dev/urandom > "$out/r.raw"
   qemu-img convert -c -O qcow2 -o cluster_size=4096 "$out/r.raw" "$d/comp.qcow2"
   qemu-img snapshot -c s "$d/s1.qcow2"
+  qemu-img create -q -f qcow2 -o cluster_size=4096 "$d/bitmaps.qcow2" 1M   # persistent bitmaps
+  qemu-img bitmap --add "$d/bitmaps.qcow2" b0
+  qemu-img bitmap --add --granularity 1k "$d/bitmaps.qcow2" b1
+  qemu-io -c 'write -P 3 0 8k' -c 'write -P 4 512k 4k' "$d/bitmaps.qcow2" >/dev/null
 }
 
 plugin_seeds () {   # the image seeds behind a tape of operations (see fuzz-plugin.c)
