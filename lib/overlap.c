@@ -50,7 +50,8 @@ overlaps (uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 
 /* Refuse a write of len bytes at host_offset that would land on the header,
  * the active L1 table, the refcount table, a refcount block, the snapshot
- * table or an inactive L1 table, or (for data) a cached L2 table.  kind
+ * table or an inactive L1 table, the bitmap directory or a bitmap table, or
+ * (for data) a cached L2 table.  kind
  * names what is being written.  Returns 0, or -1 with the image marked
  * corrupt.  Called under meta_lock.
  */
@@ -79,6 +80,12 @@ overlap_check (struct rb_image *img, uint64_t host_offset, uint64_t len,
                     (uint64_t) img->snapshots[i].l1_size * 8))
         goto bad;
   }
+  if (overlaps (host_offset, len, img->bitmap_dir_offset, img->nr_bitmaps ? img->bitmap_dir_size : 0))
+    goto bad;
+  for (i = 0; i < img->nr_bitmaps; i++)
+    if (overlaps (host_offset, len, img->bitmaps[i].table_offset,
+                  (uint64_t) img->bitmaps[i].table_size * 8))
+      goto bad;
   first = host_offset >> img->cluster_bits;
   last = (host_offset + len - 1) >> img->cluster_bits;
   for (c = first; c <= last; c++) {

@@ -108,3 +108,28 @@ PY
   [ "$status" -ne 0 ] && [ "${#stderr_lines[@]}" -eq 1 ]
   [[ "$stderr" == *"bitmap directory"* ]]
 }
+
+@test "a write that would land on the bitmap directory is refused (overlap check) and the directory survives" {
+  make_bitmapped "$T/b.qcow2"
+  dir=$(python3 - "$T/b.qcow2" <<'PY'
+import struct, sys
+h = open(sys.argv[1], "rb").read(65536)
+off = struct.unpack(">I", h[100:104])[0]
+while True:
+    t, l = struct.unpack(">II", h[off:off + 8])
+    if t == 0x23852875:
+        print(struct.unpack(">Q", h[off + 24:off + 32])[0]); break
+    off += 8 + (l + 7) // 8 * 8
+PY
+)
+  [ "$dir" -gt 0 ]
+  "$RB_TOOL" write "$T/b.qcow2" $((9 << 20)) 4096 8     # the bitmaps are now marked in use
+  # Guest cluster 0's L2 entry now names the directory's cluster (copied: an in-place write).
+  python3 "$top_srcdir/tests/qcow2-patch.py" "$T/b.qcow2" l2 0 "COPIED | $dir"
+  before=$(dd if="$T/b.qcow2" bs=65536 skip=$((dir / 65536)) count=1 status=none | md5sum)
+  run "$RB_TOOL" write "$T/b.qcow2" 0 4096 9
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"would overwrite metadata"* ]]
+  [ "$(dd if="$T/b.qcow2" bs=65536 skip=$((dir / 65536)) count=1 status=none | md5sum)" = "$before" ]
+  qemu-img info "$T/b.qcow2" | grep -q 'corrupt: true'
+}
