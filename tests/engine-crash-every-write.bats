@@ -65,6 +65,7 @@ every_write () {
     fi
     rm -f "$T"/.out.qcow2.tmp.*
   done
+  echo "# rb-convert: killed at each of $total writes" >&3
 }
 
 @test "rb-delta killed at every write of its output: OUTPUT is absent or valid" {

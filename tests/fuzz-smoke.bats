@@ -11,6 +11,7 @@ setup_file () {
   echo "$output" | tail -30
   [ "$status" -eq 0 ]
   [[ "$output" == *"Done "*" runs in "* ]]
+  echo "# $(echo "$output" | grep -o 'Done [0-9]* runs in [0-9]* second(s)' | tail -1)" >&3
 }
 
 @test "fuzz-plugin (write/zero/trim/flush/extents through the plugin callbacks on fuzzed images, model-checked): no crash, no mismatch" {
@@ -18,6 +19,7 @@ setup_file () {
   echo "$output" | tail -30
   [ "$status" -eq 0 ]
   [[ "$output" == *"Done "*" runs in "* ]]
+  echo "# $(echo "$output" | grep -o 'Done [0-9]* runs in [0-9]* second(s)' | tail -1)" >&3
 }
 
 @test "fuzz-model (operation sequences vs a flat buffer, clean check at the end): no mismatch" {
@@ -25,6 +27,7 @@ setup_file () {
   echo "$output" | tail -30
   [ "$status" -eq 0 ]
   [[ "$output" == *"Done "*" runs in "* ]]
+  echo "# $(echo "$output" | grep -o 'Done [0-9]* runs in [0-9]* second(s)' | tail -1)" >&3
 }
 
 @test "fuzz-writer (the streaming writer on fuzzed data and options, read back and checked): no mismatch" {
@@ -32,6 +35,7 @@ setup_file () {
   echo "$output" | tail -30
   [ "$status" -eq 0 ]
   [[ "$output" == *"Done "*" runs in "* ]]
+  echo "# $(echo "$output" | grep -o 'Done [0-9]* runs in [0-9]* second(s)' | tail -1)" >&3
 }
 
 @test "fuzz-rpc (the JSON-RPC framer and dispatcher on fuzzed streams): no crash" {
@@ -39,4 +43,5 @@ setup_file () {
   echo "$output" | tail -30
   [ "$status" -eq 0 ]
   [[ "$output" == *"Done "*" runs in "* ]]
+  echo "# $(echo "$output" | grep -o 'Done [0-9]* runs in [0-9]* second(s)' | tail -1)" >&3
 }
