@@ -43,6 +43,19 @@ die_rb (void)
   die (EXIT_TROUBLE, "%s", rb_errmsg ());
 }
 
+void
+die_writer (struct rb_writer *w, const char *prefix)
+{
+  char msg[1024];
+
+  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  if (w)
+    rb_writer_abort (w);
+  if (prefix)
+    die (EXIT_TROUBLE, "%s: %s", prefix, msg);
+  die (EXIT_TROUBLE, "%s", msg);
+}
+
 int64_t
 parse_size (const char *s)
 {

@@ -19,6 +19,10 @@ extern const char *progname;
 void die (int status, const char *fmt, ...) __attribute__((format (printf, 2, 3), noreturn));
 /* die (EXIT_TROUBLE) with the engine's last message. */
 void die_rb (void) __attribute__((noreturn));
+/* The same after a writer failed: abort w first (unless NULL; the message is
+ * kept), and put "prefix: " in front (unless NULL).
+ */
+void die_writer (struct rb_writer *w, const char *prefix) __attribute__((noreturn));
 
 /* Parse "65536", "64K", "2M", "1G"; returns -1 if malformed. */
 int64_t parse_size (const char *s);

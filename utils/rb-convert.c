@@ -237,12 +237,8 @@ main (int argc, char **argv)
             die (EXIT_TROUBLE, "%s: write error at offset %" PRIu64 ": %s",
                  argv[optind + 1], pos + k, strerror (errno ? errno : ENOSPC));
         }
-        else if (rb_writer_put_run (w, gc, buf + k, run) == -1) {
-          char msg[600];
-          snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-          rb_writer_abort (w);
-          die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], msg);
-        }
+        else if (rb_writer_put_run (w, gc, buf + k, run) == -1)
+          die_writer (w, argv[optind + 1]);
         k += run * cs;
       }
       pos += n;
@@ -264,11 +260,8 @@ main (int argc, char **argv)
     if ((sync && fsync (out_fd) == -1) || close (out_fd) == -1)
       die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], strerror (errno));
   }
-  else if (rb_writer_finish (w) == -1) {
-    char msg[600];
-    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-    die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], msg);
-  }
+  else if (rb_writer_finish (w) == -1)
+    die_writer (NULL, argv[optind + 1]);
   if (tmp && output_commit () == -1)
     die_rb ();
   progress_end (&prog);

@@ -251,11 +251,8 @@ delta_commit (void *opaque, uint64_t stripe_end, void *result)
     r = rb_writer_put (d->w, st->e[i].gc, data, st->e[i].alloc, st->e[i].zero);
   }
   put_stripe (st);
-  if (r == -1) {
-    char msg[600];
-    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-    return rb_error (rb_errno (), "%s: %s", d->output, msg);
-  }
+  if (r == -1)
+    return source_error_prefixed (d->output);
   progress_update (&d->prog, stripe_end);
   return 0;
 }
@@ -394,22 +391,15 @@ main (int argc, char **argv)
   opts.align = cs;
   opts.visit = d.changes;
   opts.free_result = put_stripe;
-  if (pair_scan (changes ? NULL : base, new, &opts, delta_block, delta_commit, &d) == -1) {
-    char msg[600];
-    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-    rb_writer_abort (w);
-    die (EXIT_TROUBLE, "%s", msg);
-  }
+  if (pair_scan (changes ? NULL : base, new, &opts, delta_block, delta_commit, &d) == -1)
+    die_writer (w, NULL);
 
   if (source_current_size (new, &size_now) == -1 || size_now != new->size) {
     rb_writer_abort (w);
     die (EXIT_TROUBLE, "%s: NEW changed size while the delta was made", argv[optind + 1]);
   }
-  if (rb_writer_finish (w) == -1) {
-    char msg[600];
-    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-    die (EXIT_TROUBLE, "%s: %s", argv[optind + 2], msg);
-  }
+  if (rb_writer_finish (w) == -1)
+    die_writer (NULL, argv[optind + 2]);
   if (output_commit () == -1)
     die_rb ();
   progress_end (&d.prog);

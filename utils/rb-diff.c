@@ -142,13 +142,6 @@ diff_commit (void *opaque, uint64_t stripe_end, void *result)
   return 0;
 }
 
-/* Die with the last error recorded (it names the input). */
-static void __attribute__((noreturn))
-die_input (void)
-{
-  die (EXIT_TROUBLE, "%s", rb_errmsg ());
-}
-
 int
 main (int argc, char **argv)
 {
@@ -209,10 +202,10 @@ main (int argc, char **argv)
 
   sa = source_open (argv[optind], 0);
   if (!sa)
-    die_input ();
+    die_rb ();
   sb = source_open (argv[optind + 1], 0);
   if (!sb)
-    die_input ();
+    die_rb ();
   size_a = source_size (sa);
   size_b = source_size (sb);
   common = size_a < size_b ? size_a : size_b;
@@ -226,7 +219,7 @@ main (int argc, char **argv)
   opts.align = sector_size;
   opts.free_result = free_ranges;
   if (pair_scan (sa, sb, &opts, diff_block, diff_commit, &d) == -1)
-    die_input ();
+    die_rb ();
   progress_end (&prog);
   if (longer > common)             /* the longer input's tail counts as changed */
     mark (&changed, common / sector_size, DIV_ROUND_UP_U64 (longer, sector_size) - common / sector_size);

@@ -10,8 +10,6 @@
 #define NBD_MAX_REQUEST  (2u << 20)
 #define NBD_MAX_INFLIGHT 16
 
-/* Record "NAME: MESSAGE" where MESSAGE is the thread's last rb_errmsg ().  Returns -1. */
-int source_error_prefixed (const char *name);
 
 /* Connect s->name (an NBD URI), filling s->nbd and s->size.  0 / -1. */
 int nbdsrc_open (struct source *s);

@@ -75,6 +75,11 @@ struct source {
  */
 typedef int (*source_extent_fn) (void *opaque, uint64_t offset, uint64_t length, int kind);
 
+/* Record "NAME: MESSAGE" where MESSAGE is the thread's last rb_errmsg ()
+ * (an input's or output's name in front of the engine's message).  Returns -1.
+ */
+int source_error_prefixed (const char *name);
+
 /* True if name has the form of an NBD URI (see above). */
 bool source_is_uri (const char *name);
 
