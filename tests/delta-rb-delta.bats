@@ -51,6 +51,7 @@ own_ranges () {
   for x in "" --extended-l2; do
     "$RB_DELTA" $x "$T/base.raw" "$T/new.raw" "$T/ref.qcow2"
     qemu-img compare "$T/ref.qcow2" "$T/new.raw"
+    qemu_check_clean "$T/ref.qcow2"
     for n in 1 2 3 7; do
       for chunk in 65536 262144; do
         RBLOCK_THREADS=$n RBLOCK_CHUNK_SIZE=$chunk "$RB_DELTA" $x "$T/base.raw" "$T/new.raw" "$T/d.qcow2"
