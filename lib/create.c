@@ -71,6 +71,10 @@ check_opts (const struct rb_create_opts *in, struct rb_create_opts *o)
     return rb_error (EINVAL, "extended L2 entries need clusters of at least 16K");
   if (o->compression_type > 1)
     return rb_error (EINVAL, "unknown compression type %u", o->compression_type);
+  if (o->lazy_refcounts && o->version == 2)
+    return rb_error (EINVAL, "lazy refcounts need compat 1.1");
+  if (o->preallocation != RB_PREALLOC_OFF)
+    return rb_error (ENOTSUP, "preallocation is not supported");
   if (o->backing_file && strlen (o->backing_file) > QCOW_MAX_BACKING_NAME)
     return rb_error (EINVAL, "backing file name longer than %d bytes", QCOW_MAX_BACKING_NAME);
   if (o->size > (1ULL << 61))
@@ -111,6 +115,7 @@ build_header (struct rb_writer *w, uint8_t *buf)
     put_be64 (buf + HDR_INCOMPATIBLE_FEATURES,
               (o->compression_type ? QCOW_INCOMPAT_COMPRESSION : 0) |
               (o->extended_l2 ? QCOW_INCOMPAT_EXTL2 : 0));
+    put_be64 (buf + HDR_COMPATIBLE_FEATURES, o->lazy_refcounts ? QCOW_COMPAT_LAZY_REFCOUNTS : 0);
     put_be32 (buf + HDR_REFCOUNT_ORDER, w->refcount_order);
     put_be32 (buf + HDR_HEADER_LENGTH, 112);
     buf[HDR_COMPRESSION_TYPE] = o->compression_type;

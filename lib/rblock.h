@@ -204,6 +204,12 @@ struct rb_stats {
 void rb_get_stats (struct rb_image *img, struct rb_stats *st);
 
 /* ---- create ---- */
+enum rb_preallocation {            /* qemu-img's preallocation= */
+  RB_PREALLOC_OFF = 0,             /* nothing allocated */
+  RB_PREALLOC_METADATA,            /* L2 tables and data clusters allocated, not written */
+  RB_PREALLOC_FALLOC,              /* metadata, and the file's space reserved (fallocate) */
+  RB_PREALLOC_FULL,                /* metadata, and zeros written over the data */
+};
 struct rb_create_opts {
   uint64_t size;                   /* virtual size, bytes */
   uint32_t cluster_size;           /* 0 = 65536 */
@@ -213,6 +219,8 @@ struct rb_create_opts {
   bool extended_l2;
   const char *backing_file;        /* stored as given; NULL for none */
   const char *backing_format;      /* "raw"/"qcow2"; NULL = not recorded */
+  bool lazy_refcounts;             /* compatible feature bit 0 (compat 1.1 only) */
+  enum rb_preallocation preallocation;   /* rb_create only (the writer refuses it) */
 };
 /* Create an empty image at path (O_EXCL unless overwrite).  Returns 0 / -1. */
 int rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite);

@@ -56,47 +56,6 @@ die_writer (struct rb_writer *w, const char *prefix)
   die (EXIT_TROUBLE, "%s", msg);
 }
 
-int64_t
-parse_size (const char *s)
-{
-  char *end;
-  unsigned long long v;
-
-  errno = 0;
-  v = strtoull (s, &end, 10);
-  if (errno || end == s)
-    return -1;
-  switch (*end) {
-  case 'k': case 'K': v <<= 10; end++; break;
-  case 'm': case 'M': v <<= 20; end++; break;
-  case 'g': case 'G': v <<= 30; end++; break;
-  default: break;
-  }
-  if (*end == 'B' || *end == 'b')
-    end++;
-  return *end ? -1 : (int64_t) v;
-}
-
-uint32_t
-parse_cluster_size_opt (const char *arg)
-{
-  int64_t v = parse_size (arg);
-
-  if (v < 512 || v > (2 << 20) || (v & (v - 1)))
-    die (EXIT_USAGE, "--cluster-size: '%s' is not a power of two from 512 to 2M", arg);
-  return v;
-}
-
-uint32_t
-parse_compat_opt (const char *arg)
-{
-  if (strcmp (arg, "0.10") == 0)
-    return 2;
-  if (strcmp (arg, "1.1") == 0)
-    return 3;
-  die (EXIT_USAGE, "--compat: '%s' is neither 0.10 nor 1.1", arg);
-}
-
 bool
 all_zero (const void *p, size_t n)
 {

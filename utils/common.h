@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "source.h"
+#include "options.h"
 
 #define EXIT_OK      0
 #define EXIT_USAGE   1      /* bad arguments (rb-diff: inputs differ) */
@@ -24,11 +25,6 @@ void die_rb (void) __attribute__((noreturn));
  */
 void die_writer (struct rb_writer *w, const char *prefix) __attribute__((noreturn));
 
-/* Parse "65536", "64K", "2M", "1G"; returns -1 if malformed. */
-int64_t parse_size (const char *s);
-/* -c/--cluster-size and --compat values (die with EXIT_USAGE when invalid). */
-uint32_t parse_cluster_size_opt (const char *arg);
-uint32_t parse_compat_opt (const char *arg);
 /* True if the n bytes at p are all zero. */
 bool all_zero (const void *p, size_t n);
 

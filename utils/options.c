@@ -1,0 +1,476 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * The one command-line parser of the utilities: shared habits (-f -U --output -o -p -q), sizes.
+ */
+#include <config.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+/* Long-only shared options get codes above any character. */
+enum { CODE_OUTPUT = 0x1000 };
+
+/* The shared options, each with the OPT_* bit that enables it (0: always). */
+static const struct {
+  unsigned bit;
+  const char *shortopt;            /* getopt syntax, "" for long only */
+  struct option longopt;
+} shared_opts[] = {
+  { OPT_FORMAT, "f:", { "format", required_argument, NULL, 'f' } },
+  { OPT_SHARE, "U", { "force-share", no_argument, NULL, 'U' } },
+  { OPT_OUTPUT, "", { "output", required_argument, NULL, CODE_OUTPUT } },
+  { OPT_OUTPUT, "j", { "json", no_argument, NULL, 'j' } },
+  { OPT_CREATE, "o:", { "options", required_argument, NULL, 'o' } },
+  { OPT_PROGRESS, "p", { "progress", no_argument, NULL, 'p' } },
+  { OPT_QUIET, "q", { "quiet", no_argument, NULL, 'q' } },
+  { 0, "h", { "help", no_argument, NULL, 'h' } },
+  { 0, "V", { "version", no_argument, NULL, 'V' } },
+};
+#define NR_SHARED (sizeof shared_opts / sizeof shared_opts[0])
+
+void
+cmdline_die (const struct cmdline *cl, const char *fmt, ...)
+{
+  va_list ap;
+
+  fprintf (stderr, "%s: ", progname);
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fputc ('\n', stderr);
+  exit (cl->usage_status ? cl->usage_status : EXIT_USAGE);
+}
+
+/* Build the merged short and long option tables (once). */
+static void
+cmdline_build (struct cmdline *cl)
+{
+  size_t nlong = 0, i, n = 0, len;
+
+  while (cl->longopts && cl->longopts[nlong].name)
+    nlong++;
+  len = 2 + (cl->shortopts ? strlen (cl->shortopts) : 0) + 2 * NR_SHARED;
+  cl->all_short = malloc (len + 1);
+  cl->all_long = calloc (nlong + NR_SHARED + 1, sizeof *cl->all_long);
+  if (!cl->all_short || !cl->all_long)
+    die (EXIT_TROUBLE, "out of memory");
+  /* ':' first: getopt reports a missing value as ':' instead of '?'. */
+  snprintf (cl->all_short, len + 1, ":%s", cl->shortopts ? cl->shortopts : "");
+  for (i = 0; i < NR_SHARED; i++)
+    if (!shared_opts[i].bit || (cl->shared & shared_opts[i].bit)) {
+      strcat (cl->all_short, shared_opts[i].shortopt);
+      cl->all_long[n++] = shared_opts[i].longopt;
+    }
+  for (i = 0; i < nlong; i++)
+    cl->all_long[n++] = cl->longopts[i];
+}
+
+/* Die for getopt's '?' (unknown option) or ':' (missing value). */
+static void __attribute__((noreturn))
+bad_option (const struct cmdline *cl, int c, int argc, char **argv)
+{
+  const char *a = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+  const char *what = c == ':' ? "needs a value" : "is unknown";
+
+  if (strncmp (a, "--", 2) == 0)
+    cmdline_die (cl, "option '%.*s' %s (see --help)", (int) strcspn (a, "="), a, what);
+  if (optopt > 0 && optopt < 0x100 && isprint (optopt))
+    cmdline_die (cl, "option '-%c' %s (see --help)", optopt, what);
+  cmdline_die (cl, "option '%s' %s (see --help)", a, what);
+}
+
+int
+cmdline_next (struct cmdline *cl, int argc, char **argv)
+{
+  char msg[256];
+  int c;
+
+  if (!cl->all_short)
+    cmdline_build (cl);
+  opterr = 0;
+  for (;;) {
+    c = getopt_long (argc, argv, cl->all_short, cl->all_long, NULL);
+    switch (c) {
+    case -1:
+      return -1;
+    case '?':
+    case ':':
+      bad_option (cl, c, argc, argv);
+    case 'h':
+      cl->usage (stdout, EXIT_OK);
+      exit (EXIT_OK);
+    case 'V':
+      printf ("%s %s\n", progname, PACKAGE_VERSION);
+      exit (EXIT_OK);
+    }
+    /* A program's own option shadows a shared one with the same code. */
+    if (cl->shortopts && c < 0x100 && strchr (cl->shortopts, c))
+      return c;
+    switch (c) {
+    case 'f':
+      if (!(cl->shared & OPT_FORMAT))
+        return c;
+      if (strcmp (optarg, "raw") != 0 && strcmp (optarg, "qcow2") != 0)
+        cmdline_die (cl, "-f: unknown format '%s' (raw or qcow2)", optarg);
+      cl->format = optarg;
+      break;
+    case 'U':
+      if (!(cl->shared & OPT_SHARE))
+        return c;
+      cl->force_share = true;
+      break;
+    case CODE_OUTPUT:
+      if (strcmp (optarg, "json") == 0)
+        cl->json = true;
+      else if (strcmp (optarg, "human") == 0)
+        cl->json = false;
+      else
+        cmdline_die (cl, "--output: '%s' is neither human nor json", optarg);
+      break;
+    case 'j':
+      if (!(cl->shared & OPT_OUTPUT))
+        return c;
+      cl->json = true;
+      break;
+    case 'o':
+      if (!(cl->shared & OPT_CREATE))
+        return c;
+      if (strcmp (optarg, "help") == 0 || strcmp (optarg, "?") == 0) {
+        fputs (create_options_help, stdout);
+        exit (EXIT_OK);
+      }
+      if (create_options_parse (optarg, &cl->create, msg, sizeof msg) == -1)
+        cmdline_die (cl, "-o: %s", msg);
+      break;
+    case 'p':
+      if (!(cl->shared & OPT_PROGRESS))
+        return c;
+      cl->progress = true;
+      break;
+    case 'q':
+      if (!(cl->shared & OPT_QUIET))
+        return c;
+      cl->quiet = true;
+      break;
+    default:
+      return c;
+    }
+  }
+}
+
+/* ---- sizes ---- */
+
+/* Multiplier of a size suffix (any case), 0 if c is not one. */
+static uint64_t
+suffix_mul (char c)
+{
+  switch (toupper ((unsigned char) c)) {
+  case 'B': return 1;
+  case 'K': return 1ULL << 10;
+  case 'M': return 1ULL << 20;
+  case 'G': return 1ULL << 30;
+  case 'T': return 1ULL << 40;
+  case 'P': return 1ULL << 50;
+  case 'E': return 1ULL << 60;
+  default: return 0;
+  }
+}
+
+/* QEMU's algorithm (util/cutils.c do_strtosz, 7.x): the integral part as an
+ * unsigned 64-bit number, the fraction as 64-bit fixed point from strtod,
+ * the product computed exactly in 128 bits and rounded half up.
+ */
+int
+parse_size_full (const char *s, uint64_t *value)
+{
+  const char *end, *f;
+  unsigned __int128 v;
+  uint64_t val, valf = 0, mul;
+  char *e;
+
+  errno = 0;
+  val = strtoull (s, &e, 10);
+  end = e;
+  if (end == s)
+    return -EINVAL;
+  if (errno == ERANGE)
+    return -ERANGE;
+  if (memchr (s, '-', end - s))
+    return -EINVAL;
+  if (val == 0 && (*end == 'x' || *end == 'X')) {
+    /* Hex: reparse; no fraction (a suffix is accepted, as QEMU 7 does with a warning). */
+    errno = 0;
+    val = strtoull (s, &e, 16);
+    end = e;
+    if (errno == ERANGE)
+      return -ERANGE;
+    if (*end == '.')
+      return -EINVAL;
+  }
+  else if (*end == '.') {
+    /* A fraction; "1.k" is fine, an exponent is not. */
+    double fraction;
+
+    f = end;
+    errno = 0;
+    fraction = strtod (f, &e);
+    if (e == f || errno == ERANGE || !isfinite (fraction))
+      end = f + 1;
+    else {
+      if (memchr (f, 'e', e - f) || memchr (f, 'E', e - f))
+        return -EINVAL;
+      end = e;
+      /* Fixed point; QEMU's cast of 2^64 (a fraction that rounds up to 1)
+       * gives 0 on x86-64, and so does this.
+       */
+      valf = fraction * 0x1p64 >= 0x1p64 ? 0 : (uint64_t) (fraction * 0x1p64);
+    }
+  }
+  mul = suffix_mul (*end);
+  if (mul)
+    end++;
+  else
+    mul = 1;
+  if (*end)
+    return -EINVAL;
+  if (mul == 1) {
+    if (valf != 0)                  /* a fraction needs a scale */
+      return -EINVAL;
+  }
+  else {
+    v = (unsigned __int128) val * mul + (((unsigned __int128) valf * mul) >> 64);
+    v += ((uint64_t) ((unsigned __int128) valf * mul)) >> 63;   /* round half up */
+    if (v >> 64)
+      return -ERANGE;
+    val = v;
+  }
+  *value = val;
+  return 0;
+}
+
+int64_t
+parse_size (const char *s)
+{
+  uint64_t v;
+
+  if (parse_size_full (s, &v) < 0 || v > INT64_MAX)
+    return -1;
+  return v;
+}
+
+uint32_t
+parse_cluster_size_opt (const char *arg)
+{
+  int64_t v = parse_size (arg);
+
+  if (v < 512 || v > (2 << 20) || (v & (v - 1)))
+    die (EXIT_USAGE, "--cluster-size: '%s' is not a power of two from 512 to 2M", arg);
+  return v;
+}
+
+/* compat value to the header version (0 if unknown); qemu-img accepts both spellings. */
+static uint32_t
+compat_version (const char *arg)
+{
+  if (strcmp (arg, "0.10") == 0 || strcmp (arg, "v2") == 0)
+    return 2;
+  if (strcmp (arg, "1.1") == 0 || strcmp (arg, "v3") == 0)
+    return 3;
+  return 0;
+}
+
+uint32_t
+parse_compat_opt (const char *arg)
+{
+  uint32_t v = compat_version (arg);
+
+  if (!v)
+    die (EXIT_USAGE, "--compat: '%s' is neither 0.10 nor 1.1", arg);
+  return v;
+}
+
+/* ---- -o key=value,... ---- */
+
+const char create_options_help[] =
+"Creation options (-o key=value,...; as qemu-img create -f qcow2):\n"
+"  size=SIZE                virtual disk size\n"
+"  backing_file=NAME        file name of a base image\n"
+"  backing_fmt=raw|qcow2    image format of the base image\n"
+"  cluster_size=SIZE        qcow2 cluster size, 512 to 2M (default 64K)\n"
+"  compat=0.10|1.1          qcow2 version 2 or 3 (also v2, v3; default 1.1)\n"
+"  compression_type=zlib|zstd  compression of compressed clusters (default zlib)\n"
+"  extended_l2=on|off       subcluster allocation (clusters of 16K or more)\n"
+"  lazy_refcounts=on|off    postpone refcount updates (compat 1.1)\n"
+"  preallocation=off|metadata|falloc|full\n"
+"                           metadata: L2 tables and clusters allocated, not written;\n"
+"                           falloc: space reserved with fallocate; full: zeros written\n"
+"  refcount_bits=N          1, 2, 4, 8, 16, 32 or 64 (default 16)\n";
+
+/* QEMU's boolean spellings (qapi_bool_parse).  1, 0, or -1 if none. */
+static int
+parse_bool (const char *v)
+{
+  static const char *const yes[] = { "on", "yes", "true", "y" };
+  static const char *const no[] = { "off", "no", "false", "n" };
+  size_t i;
+
+  for (i = 0; i < 4; i++) {
+    if (strcmp (v, yes[i]) == 0)
+      return 1;
+    if (strcmp (v, no[i]) == 0)
+      return 0;
+  }
+  return -1;
+}
+
+/* Set one key.  0, or -1 with msg filled. */
+static int
+create_option_set (struct create_options *co, const char *key, const char *val,
+                   char *msg, size_t msglen)
+{
+  struct rb_create_opts *o = &co->o;
+  uint64_t n;
+  int b, r;
+
+#define BAD(...) do { snprintf (msg, msglen, __VA_ARGS__); return -1; } while (0)
+  if (strcmp (key, "size") == 0 || strcmp (key, "cluster_size") == 0) {
+    r = parse_size_full (val, &n);
+    if (r == -ERANGE)
+      BAD ("value '%s' is out of range for parameter '%s'", val, key);
+    if (r < 0)
+      BAD ("parameter '%s' expects a size (a number with an optional k, M, G, T, P or E suffix), not '%s'",
+           key, val);
+    if (key[0] == 's') {
+      if (n > INT64_MAX)
+        BAD ("size '%s' is larger than 8 EiB", val);
+      o->size = n;
+      co->given |= CO_SIZE;
+    }
+    else {
+      if (n < 512 || n > (2 << 20) || (n & (n - 1)))
+        BAD ("cluster size must be a power of two between 512 and 2048k, not '%s'", val);
+      o->cluster_size = n;
+      co->given |= CO_CLUSTER_SIZE;
+    }
+  }
+  else if (strcmp (key, "compat") == 0) {
+    if (!(o->version = compat_version (val)))
+      BAD ("compat '%s' is neither 0.10 nor 1.1", val);
+    co->given |= CO_COMPAT;
+  }
+  else if (strcmp (key, "refcount_bits") == 0) {
+    char *end;
+    errno = 0;
+    n = strtoull (val, &end, 10);
+    if (errno || end == val || *end || n < 1 || n > 64 || (n & (n - 1)))
+      BAD ("refcount width must be a power of two and may not exceed 64 bits, not '%s'", val);
+    o->refcount_bits = n;
+    co->given |= CO_REFCOUNT_BITS;
+  }
+  else if (strcmp (key, "lazy_refcounts") == 0 || strcmp (key, "extended_l2") == 0) {
+    if ((b = parse_bool (val)) == -1)
+      BAD ("parameter '%s' expects 'on' or 'off', not '%s'", key, val);
+    if (key[0] == 'l') {
+      o->lazy_refcounts = b;
+      co->given |= CO_LAZY_REFCOUNTS;
+    }
+    else {
+      o->extended_l2 = b;
+      co->given |= CO_EXTENDED_L2;
+    }
+  }
+  else if (strcmp (key, "compression_type") == 0) {
+    if (strcmp (val, "zlib") == 0)
+      o->compression_type = 0;
+    else if (strcmp (val, "zstd") == 0)
+      o->compression_type = 1;
+    else
+      BAD ("compression_type '%s' is neither zlib nor zstd", val);
+    co->given |= CO_COMPRESSION;
+  }
+  else if (strcmp (key, "preallocation") == 0) {
+    static const char *const modes[] = { "off", "metadata", "falloc", "full" };
+    unsigned i;
+    for (i = 0; i < 4 && strcmp (val, modes[i]) != 0; i++)
+      ;
+    if (i == 4)
+      BAD ("preallocation '%s' is not off, metadata, falloc or full", val);
+    o->preallocation = i;
+    co->given |= CO_PREALLOCATION;
+  }
+  else if (strcmp (key, "backing_file") == 0) {
+    o->backing_file = val;
+    co->given |= CO_BACKING_FILE;
+  }
+  else if (strcmp (key, "backing_fmt") == 0) {
+    if (strcmp (val, "raw") != 0 && strcmp (val, "qcow2") != 0)
+      BAD ("backing_fmt '%s' is neither raw nor qcow2", val);
+    o->backing_format = val;
+    co->given |= CO_BACKING_FMT;
+  }
+  else
+    BAD ("invalid parameter '%s' (-o help lists them)", key);
+  return 0;
+#undef BAD
+}
+
+int
+create_options_parse (const char *list, struct create_options *co, char *msg, size_t msglen)
+{
+  char *copy = strdup (list), *p, *out;
+
+  if (!copy)
+    die (EXIT_TROUBLE, "out of memory");
+  /* The copy is never freed: co's strings point into it. */
+  p = copy;
+  for (;;) {
+    char *key = p, *val = NULL;
+
+    /* key[=value] up to a single comma; ",," is a comma in the value. */
+    out = p;
+    while (*p && *p != '=' && *p != ',')
+      *out++ = *p++;
+    if (*p == '=') {
+      *out = '\0';
+      p++;
+      val = out = p;
+      while (*p) {
+        if (*p == ',' && p[1] == ',') {
+          *out++ = ',';
+          p += 2;
+        }
+        else if (*p == ',')
+          break;
+        else
+          *out++ = *p++;
+      }
+    }
+    {
+      bool more = *p == ',';
+      *out = '\0';
+      if (*key == '\0' || (more && p[1] == '\0')) {
+        snprintf (msg, msglen, "invalid option list: '%s'", list);
+        return -1;
+      }
+      if (!val) {
+        /* "key" is key=on, "nokey" key=off (QEMU's short-form booleans). */
+        if (strncmp (key, "no", 2) == 0 && strcmp (key, "no") != 0) {
+          val = (char *) "off";
+          key += 2;
+        }
+        else
+          val = (char *) "on";
+      }
+      if (create_option_set (co, key, val, msg, msglen) == -1)
+        return -1;
+      if (!more)
+        return 0;
+      p++;
+    }
+  }
+}
