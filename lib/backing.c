@@ -32,7 +32,7 @@ static int
 probe_qcow2 (const char *path)
 {
   uint8_t m[4];
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
   ssize_t r;
 
   if (fd == -1)

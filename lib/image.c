@@ -164,7 +164,8 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
     goto err;
   }
 
-  img->fd = open (path, (img->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  /* O_NONBLOCK so that a FIFO cannot block open (); refused below, then cleared. */
+  img->fd = open (path, (img->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK);
   if (img->fd == -1) {
     rb_error_errno (errno, "%s%s", depth ? "backing file " : "", path);
     goto err;
@@ -174,7 +175,11 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
     goto err;
   }
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
-    rb_error (EINVAL, "%s: not a regular file or block device", path);
+    rb_error (EINVAL, "%s%s: not a regular file or block device", depth ? "backing file " : "", path);
+    goto err;
+  }
+  if (fcntl (img->fd, F_SETFL, fcntl (img->fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    rb_error_errno (errno, "%s", path);
     goto err;
   }
   for (i = 0; i < ids->n; i++)

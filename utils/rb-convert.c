@@ -77,6 +77,29 @@ collect (void *opaque, uint64_t off, uint64_t len, int kind)
   return 0;
 }
 
+/* Write all len bytes at off (short writes continued; a write of nothing
+ * means a full file system).  0, or -1 with errno set.
+ */
+static int
+pwrite_full (int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+  while (len > 0) {
+    ssize_t r = pwrite (fd, buf, len, off);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1)
+      return -1;
+    if (r == 0) {
+      errno = ENOSPC;
+      return -1;
+    }
+    buf += r;
+    len -= r;
+    off += r;
+  }
+  return 0;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -233,9 +256,9 @@ main (int argc, char **argv)
         }
         else if (raw_out) {
           uint64_t len = MIN_U64 (run * cs, src->size - (pos + k));
-          if (pwrite (out_fd, buf + k, len, pos + k) != (ssize_t) len)
+          if (pwrite_full (out_fd, buf + k, len, pos + k) == -1)
             die (EXIT_TROUBLE, "%s: write error at offset %" PRIu64 ": %s",
-                 argv[optind + 1], pos + k, strerror (errno ? errno : ENOSPC));
+                 argv[optind + 1], pos + k, strerror (errno));
         }
         else if (rb_writer_put_run (w, gc, buf + k, run) == -1)
           die_writer (w, argv[optind + 1]);

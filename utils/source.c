@@ -53,6 +53,19 @@ sys_error (const char *name)
   return rb_error (err, "%s: %s", name, strerror (err));
 }
 
+/* What kind of file mode describes, for messages ("a FIFO", ...). */
+const char *
+file_type_name (mode_t mode)
+{
+  if (S_ISFIFO (mode)) return "a FIFO";
+  if (S_ISCHR (mode)) return "a character device";
+  if (S_ISSOCK (mode)) return "a socket";
+  if (S_ISDIR (mode)) return "a directory";
+  if (S_ISLNK (mode)) return "a symbolic link";
+  if (S_ISBLK (mode)) return "a block device";
+  return "a regular file";
+}
+
 /* Size of the open file or block device fd (st from fstat).  0 / -1 (errno). */
 static int
 fd_size (int fd, const struct stat *st, uint64_t *size)
@@ -75,13 +88,20 @@ open_path (struct source *s, unsigned flags)
   struct stat st;
   uint8_t magic[4];
 
-  s->fd = open (s->name, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO would block open () until a writer comes; it is
+   * refused below (the type is known only once it is open), then cleared.
+   */
+  s->fd = open (s->name, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (s->fd == -1)
     return sys_error (s->name);
-  if (fstat (s->fd, &st) == -1 || fd_size (s->fd, &st, &s->size) == -1)
+  if (fstat (s->fd, &st) == -1)
     return sys_error (s->name);
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode))
-    return rb_error (EINVAL, "%s: not a regular file or block device", s->name);
+    return rb_error (EINVAL, "%s: not a regular file or block device (%s)", s->name,
+                     file_type_name (st.st_mode));
+  if (fcntl (s->fd, F_SETFL, fcntl (s->fd, F_GETFL) & ~O_NONBLOCK) == -1 ||
+      fd_size (s->fd, &st, &s->size) == -1)
+    return sys_error (s->name);
   s->dev = st.st_dev;
   s->ino = st.st_ino;
   s->kind = S_ISBLK (st.st_mode) ? SOURCE_BLOCKDEV : SOURCE_RAW;

@@ -80,6 +80,9 @@ typedef int (*source_extent_fn) (void *opaque, uint64_t offset, uint64_t length,
  */
 int source_error_prefixed (const char *name);
 
+/* What kind of file a stat mode describes, for messages: "a FIFO", "a directory", ... */
+const char *file_type_name (mode_t mode);
+
 /* True if name has the form of an NBD URI (see above). */
 bool source_is_uri (const char *name);
 
