@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -298,6 +299,30 @@ relative_to (const char *target, const char *output)
   return res;
 }
 
+/* Die unless name, read as qemu and the engine read a backing name (relative
+ * to the folder of output unless absolute), is the file base: a delta whose
+ * backing file cannot be found is useless (qemu-img create -b checks too).
+ */
+static void
+check_backing_resolves (const char *name, const char *output, const struct source *base)
+{
+  char *copy = strdup (output), *path = NULL;
+  struct stat st;
+
+  if (!copy || (name[0] == '/' ? !(path = strdup (name))
+                                : asprintf (&path, "%s/%s", dirname (copy), name) == -1))
+    die (EXIT_TROUBLE, "out of memory");
+  if (stat (path, &st) == -1)
+    die (EXIT_TROUBLE, "%s: as the backing name of %s it would be read as %s (%s): "
+         "give BASE as an absolute path, or use --relative", name, output, path,
+         strerror (errno));
+  if (st.st_dev != base->dev || st.st_ino != base->ino)
+    die (EXIT_TROUBLE, "%s: as the backing name of %s it would be read as %s, another file: "
+         "give BASE as an absolute path, or use --relative", name, output, path);
+  free (path);
+  free (copy);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -366,6 +391,9 @@ main (int argc, char **argv)
   tmp = output_prepare (argv[optind + 2], force, both, 2);
 
   backing_name = relative ? relative_to (argv[optind], argv[optind + 2]) : strdup (argv[optind]);
+  if (!backing_name)
+    die (EXIT_TROUBLE, "out of memory");
+  check_backing_resolves (backing_name, argv[optind + 2], base);
   cs = o.cluster_size;
   disk = ROUND_UP_U64 (new->size, 512);
   o.size = disk;

@@ -30,7 +30,6 @@ usage (FILE *f, int status)
 "List every sector that differs between A and B, as merged ranges, and a summary.\n"
 "A and B are raw files, block devices, qcow2 images (read through their backing\n"
 "chain) or NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).\n"
-"If the sizes differ, the longer input's tail counts as changed.\n"
 "\n"
 "  -j, --json               print one JSON object: sector_size, size_a, size_b,\n"
 "                           changed_sectors, changed_bytes, ranges [{start,count}]\n"
@@ -38,6 +37,12 @@ usage (FILE *f, int status)
 "  -q, --quiet              print nothing; the exit status tells\n"
 "  -S, --sector-size N      sector size, a power of two from 512 to 1M (default 512)\n"
 "  -p, --progress           show progress on standard error when it is a terminal\n"
+"      --size-mismatch=changed|zero-tail\n"
+"                           inputs of different sizes: every sector of the longer\n"
+"                           input's tail counts as changed (changed, the default),\n"
+"                           or the shorter reads as zeros past its end, so a tail\n"
+"                           of zeros is no change (zero-tail, as qemu-img compare;\n"
+"                           a warning says the sizes differ)\n"
 "  -h, --help / -V, --version\n"
 "\n"
 "examples:\n"
@@ -153,6 +158,7 @@ main (int argc, char **argv)
     { "sector-size", required_argument, NULL, 'S' },
     { "progress", no_argument, NULL, 'p' },
     { "chunk-size", required_argument, NULL, 'K' },   /* tests: small chunks */
+    { "size-mismatch", required_argument, NULL, 'M' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
@@ -164,7 +170,7 @@ main (int argc, char **argv)
   uint64_t nr_sectors = 0, nr_bytes = 0, total_sectors;
   struct source *sa, *sb;
   struct progress prog;
-  bool progress = false;
+  bool progress = false, zero_tail = false;
   int64_t v;
   size_t i;
   int c;
@@ -187,6 +193,11 @@ main (int argc, char **argv)
       if (v < 512 || v > (256 << 20))
         die (EXIT_TROUBLE, "--chunk-size: '%s' is not from 512 to 256M", optarg);
       opts.block = v;
+      break;
+    case 'M':
+      if (strcmp (optarg, "zero-tail") == 0) zero_tail = true;
+      else if (strcmp (optarg, "changed") == 0) zero_tail = false;
+      else die (EXIT_TROUBLE, "--size-mismatch: '%s' is neither changed nor zero-tail", optarg);
       break;
     case 'h': usage (stdout, EXIT_OK);
     case 'V': printf ("%s %s\n", progname, PACKAGE_VERSION); exit (EXIT_OK);
@@ -211,17 +222,25 @@ main (int argc, char **argv)
   common = size_a < size_b ? size_a : size_b;
   longer = size_a < size_b ? size_b : size_a;
 
-  progress_init (&prog, progress, common);
+  if (zero_tail && size_a != size_b && mode != OUT_QUIET)
+    fprintf (stderr, "%s: warning: %s is %" PRIu64 " bytes, %s %" PRIu64
+             ": the longer one's tail is compared with zeros\n",
+             progname, sa->name, size_a, sb->name, size_b);
+
+  /* zero-tail: the scan runs to the longer end; the shorter side reads as
+   * zeros past its own end (pair_scan does not read it there).
+   */
+  progress_init (&prog, progress, zero_tail ? longer : common);
   d.sector_size = sector_size;
   d.unit = MAX_U64 (sector_size, COMPARE_UNIT);
   d.prog = &prog;
-  opts.count = common;
+  opts.count = zero_tail ? longer : common;
   opts.align = sector_size;
   opts.free_result = free_ranges;
   if (pair_scan (sa, sb, &opts, diff_block, diff_commit, &d) == -1)
     die_rb ();
   progress_end (&prog);
-  if (longer > common)             /* the longer input's tail counts as changed */
+  if (!zero_tail && longer > common)   /* the longer input's tail counts as changed */
     mark (&changed, common / sector_size, DIV_ROUND_UP_U64 (longer, sector_size) - common / sector_size);
 
   for (i = 0; i < changed.n; i++) {
@@ -258,7 +277,7 @@ main (int argc, char **argv)
               " bytes changed (%" PRIu64 " bytes, %.2f%%) in %zu range%s",
               sa->name, sb->name, nr_sectors, total_sectors, sector_size, nr_bytes,
               100.0 * nr_bytes / longer, changed.n, changed.n == 1 ? "" : "s");
-      if (size_a != size_b)
+      if (size_a != size_b && !zero_tail)
         printf ("; %s is %" PRIu64 " bytes longer (its tail counts as changed)",
                 size_a > size_b ? sa->name : sb->name, longer - common);
       printf ("\n");
