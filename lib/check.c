@@ -149,7 +149,11 @@ walk_bitmaps (struct counts *k)
   return 0;
 }
 
-static int
+/* Count references and compare them with the refcounts, repairing as flags
+ * say (the caller has made sure the image may be written), with io_lock
+ * held exclusive and meta_lock.  Adds to *res.  Returns 0 / -1.
+ */
+int
 check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
 {
   struct counts k = { .img = img, .res = res };
@@ -213,7 +217,7 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
       res->corruptions++;
     else if (rc > ref[i]) {
       res->leaks++;
-      if ((flags & RB_CHECK_REPAIR_LEAKS) && !img->readonly) {
+      if (flags & RB_CHECK_REPAIR_LEAKS) {
         if (refcount_update (img, i, (int64_t) ref[i] - (int64_t) rc) == -1)
           return -1;
         res->leaks_fixed++;
@@ -235,7 +239,7 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
         continue;
       res->leaks++;
       res->leaks_past_eof++;
-      if ((flags & RB_CHECK_REPAIR_LEAKS) && !img->readonly) {
+      if (flags & RB_CHECK_REPAIR_LEAKS) {
         if (refcount_update (img, c, -(int64_t) rc) == -1)
           return -1;
         res->leaks_fixed++;
@@ -253,9 +257,9 @@ rb_check (struct rb_image *img, struct rb_check_result *res, unsigned flags)
   memset (res, 0, sizeof *res);
   if (img->is_raw)
     return rb_error (EINVAL, "not a qcow2 image");
-  if (!img->readonly && rb_flush (img) == -1)
+  if (!rb_is_readonly (img) && rb_flush (img) == -1)
     return -1;
-  if ((flags & (RB_CHECK_REPAIR_LEAKS | RB_CHECK_REPAIR_ALL)) && img->readonly)
+  if ((flags & (RB_CHECK_REPAIR_LEAKS | RB_CHECK_REPAIR_ALL)) && rb_is_readonly (img))
     return rb_error (EROFS, "%s: cannot repair a read-only image", img->path);
   pthread_rwlock_wrlock (&img->io_lock);
   pthread_mutex_lock (&img->meta_lock);

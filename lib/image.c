@@ -27,20 +27,29 @@ struct chain_ids {
 static void image_free (struct rb_image *img);
 
 /* A dirty image (lazy refcounts, unclean shutdown): rebuild the refcounts
- * from the references (invariant 7), check, then clear the dirty bit.
+ * from the references (invariant 7), check again, then clear the dirty bit,
+ * durably.  Only refcount blocks change.  With io_lock held exclusive and
+ * meta_lock (or before anyone else can see img); img->readonly is not
+ * looked at, so rb_make_writable repairs before it lets anyone write.
  */
 static int
-repair_dirty (struct rb_image *img)
+repair_dirty_locked (struct rb_image *img)
 {
   struct rb_check_result res;
   char msg[400];
 
-  if (rb_check (img, &res, RB_CHECK_REPAIR_ALL) == -1 ||
-      rb_check (img, &res, 0) == -1) {
-    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
-    return rb_error (rb_errno (), "%s: image is dirty and could not be repaired: %s",
-                     img->path, msg);
+  memset (&res, 0, sizeof res);
+  if (check_locked (img, &res, RB_CHECK_REPAIR_ALL | RB_CHECK_REPAIR_LEAKS) == 0 &&
+      cache_write_back (img->rb_cache) == 0 && file_sync (img->fd, IO_FLUSH) == 0) {
+    memset (&res, 0, sizeof res);
+    if (check_locked (img, &res, 0) == 0)
+      goto checked;
   }
+  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  return rb_error (rb_errno (), "%s: image is dirty and could not be repaired: %s",
+                   img->path, msg);
+
+ checked:
   if (res.corruptions || res.leaks)
     return rb_error (EIO, "%s: image is dirty and still has %" PRIu64 " corruptions and %"
                      PRIu64 " leaks after repair; use 'qemu-img check -r all'",
@@ -108,6 +117,7 @@ select_snapshot (struct rb_image *img, const char *name)
       img->l1_size = sn->l1_size;
       img->size = size;
       img->readonly = true;
+      img->ro_reason = "an internal snapshot is served read-only";
       return 0;
     }
   }
@@ -143,6 +153,9 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   img->fd = -1;
   img->depth = depth;
   img->readonly = depth > 0 || (flags & RB_OPEN_RDONLY);
+  img->no_lock = flags & RB_OPEN_NO_LOCK;
+  if (depth > 0)
+    img->ro_reason = "a backing file is never written";
   pthread_rwlockattr_init (&attr);
   pthread_rwlockattr_setkind_np (&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
   pthread_rwlock_init (&img->io_lock, &attr);
@@ -174,6 +187,10 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
     rb_error_errno (errno, "%s", path);
     goto err;
   }
+  if (S_ISDIR (st.st_mode)) {
+    rb_error (EISDIR, "%s%s: is a directory", depth ? "backing file " : "", path);
+    goto err;
+  }
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
     rb_error (EINVAL, "%s%s: not a regular file or block device", depth ? "backing file " : "", path);
     goto err;
@@ -190,9 +207,12 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   ids->dev[ids->n] = st.st_dev;
   ids->ino[ids->n] = st.st_ino;
   ids->n++;
+  img->dev = st.st_dev;
+  img->ino = st.st_ino;
 
   if (force_raw) {
     img->is_raw = true;
+    img->ro_reason = "a raw file is only read";
     if (file_size (img->fd, &img->size) == -1)
       goto err;
     img->file_size = img->size;
@@ -207,8 +227,10 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
     }
     goto err;
   }
-  if (img->incompatible_features & QCOW_INCOMPAT_CORRUPT)
+  if (img->incompatible_features & QCOW_INCOMPAT_CORRUPT) {
     img->readonly = true;       /* invariant 7: corrupt bit means read-only */
+    img->ro_reason = "the image is marked corrupt (repair it with 'qemu-img check -r all')";
+  }
   if (snapshots_read (img) == -1 || bitmaps_open (img) == -1)
     goto err;
   if (depth == 0 && opts && opts->snapshot && select_snapshot (img, opts->snapshot) == -1)
@@ -226,12 +248,12 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
       goto err;
   }
 
-  if (!(flags & RB_OPEN_NO_LOCK) && image_lock_file (img, !img->readonly) == -1)
+  if (!img->no_lock && image_lock_file (img, !img->readonly) == -1)
     goto err;
   if (!(flags & RB_OPEN_NO_BACKING) && backing_open (img, opts, ids) == -1)
     goto err;
   if (!img->readonly && (img->incompatible_features & QCOW_INCOMPAT_DIRTY) &&
-      repair_dirty (img) == -1)
+      repair_dirty_locked (img) == -1)
     goto err;
   return img;
 
@@ -305,7 +327,73 @@ rb_get_cluster_size (const struct rb_image *img)
 bool
 rb_is_readonly (const struct rb_image *img)
 {
-  return img->readonly;
+  return __atomic_load_n (&img->readonly, __ATOMIC_ACQUIRE);
+}
+
+/* rb_make_writable under io_lock (exclusive) and meta_lock, with fd a new
+ * O_RDWR descriptor of the file (taken over on success, closed otherwise).
+ */
+static int
+make_writable_locked (struct rb_image *img, int fd)
+{
+  struct stat st;
+  int old;
+
+  if (!img->readonly) {
+    close (fd);
+    return 0;
+  }
+  if (img->corrupt) {
+    close (fd);
+    return rb_error (EROFS, "%s: corrupt metadata was found; the image stays read-only",
+                     img->path);
+  }
+  if (fstat (fd, &st) == -1 || st.st_dev != img->dev || st.st_ino != img->ino) {
+    close (fd);
+    return rb_error (ESTALE, "%s: the file was replaced since it was opened", img->path);
+  }
+  if (!img->no_lock && image_lock_reader_fd (img, fd) == -1) {
+    close (fd);
+    return -1;
+  }
+  /* No request is in flight: the new descriptor (with the same reader
+   * locks) replaces the old one, whose locks go with it.
+   */
+  old = img->fd;
+  img->fd = fd;
+  close (old);
+  if (!img->no_lock && image_lock_upgrade (img) == -1)
+    return -1;
+  if ((img->incompatible_features & QCOW_INCOMPAT_DIRTY) && repair_dirty_locked (img) == -1) {
+    if (!img->no_lock)
+      image_lock_downgrade (img);
+    return -1;
+  }
+  __atomic_store_n (&img->readonly, false, __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* See rblock.h.  The file is opened before the locks are taken, so a file
+ * that cannot be written costs the readers nothing.
+ */
+int
+rb_make_writable (struct rb_image *img)
+{
+  int fd, r;
+
+  if (!rb_is_readonly (img))
+    return 0;
+  if (img->ro_reason)
+    return rb_error (EROFS, "%s: %s", img->path, img->ro_reason);
+  fd = open (img->path, O_RDWR | O_CLOEXEC);
+  if (fd == -1)
+    return rb_error_errno (errno, "%s: cannot open for writing", img->path);
+  pthread_rwlock_wrlock (&img->io_lock);
+  pthread_mutex_lock (&img->meta_lock);
+  r = make_writable_locked (img, fd);
+  pthread_mutex_unlock (&img->meta_lock);
+  pthread_rwlock_unlock (&img->io_lock);
+  return r;
 }
 
 void

@@ -127,6 +127,9 @@ int read_compressed (struct rb_image *img, uint64_t l2_entry, void *buf,
                      uint64_t in_cluster, uint64_t len);
 int read_locked (struct rb_image *img, void *buf, uint64_t count, uint64_t offset);
 
+/* ---- check.c ---- */
+int check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags);
+
 /* ---- image.c ---- */
 struct chain_ids;
 struct rb_image *image_open (const char *path, const struct rb_open_opts *opts,
@@ -166,6 +169,9 @@ void bitmaps_free (struct rb_image *img);
 
 /* ---- lock.c ---- */
 int image_lock_file (struct rb_image *img, bool writable);
+int image_lock_reader_fd (struct rb_image *img, int fd);
+int image_lock_upgrade (struct rb_image *img);
+void image_lock_downgrade (struct rb_image *img);
 
 /* ---- the image ---- */
 struct deferred_free {
@@ -176,8 +182,13 @@ struct deferred_free {
 struct rb_image {
   char *path;               /* as given */
   char *dir;                /* folder of path, for relative backing names */
-  int fd;
-  bool readonly;
+  int fd;                   /* replaced by rb_make_writable under io_lock and meta_lock */
+  bool readonly;            /* true -> false only in rb_make_writable (under io_lock and
+                               meta_lock); read it unlocked with rb_is_readonly */
+  const char *ro_reason;    /* why rb_make_writable must refuse, NULL if it may upgrade */
+  bool no_lock;             /* opened with RB_OPEN_NO_LOCK */
+  dev_t dev;                /* of the file, to recognise it when reopening */
+  ino_t ino;
   bool is_raw;              /* a raw backing file (only in a chain) */
   uint64_t file_size;       /* host file size (grows as we allocate) */
 

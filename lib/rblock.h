@@ -56,6 +56,17 @@ uint64_t rb_get_size (const struct rb_image *img);      /* virtual size, bytes *
 uint32_t rb_get_cluster_size (const struct rb_image *img);
 bool rb_is_readonly (const struct rb_image *img);
 
+/* Give an image opened with RB_OPEN_RDONLY write access, as if opened
+ * writable: reopen the file O_RDWR, take QEMU's write lock, repair a dirty
+ * image.  Safe while other threads read (they wait while it runs).  Returns
+ * 0 (also if already writable) or -1: EACCES, EPERM or EROFS when the file
+ * or the image cannot be written (internal snapshot, corrupt bit, backing
+ * file: the caller may serve read-only), EAGAIN when another process holds
+ * a conflicting lock, others when a dirty image cannot be repaired.  The
+ * image stays read-only after an error.
+ */
+int rb_make_writable (struct rb_image *img);
+
 /* ---- guest I/O (thread-safe; any number of threads) ---- */
 #define RB_FUA        0x1          /* durable before return */
 #define RB_MAY_TRIM   0x2          /* zero: clusters may be deallocated */

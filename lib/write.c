@@ -28,7 +28,7 @@ count_stat (struct rb_image *img, uint64_t *ops, uint64_t *bytes, uint64_t n)
 static int
 writable (struct rb_image *img)
 {
-  if (img->readonly)
+  if (rb_is_readonly (img))
     return rb_error (EROFS, "%s: image is read-only", img->path);
   if (img->corrupt)
     return rb_error (EIO, "%s: image is marked corrupt; no more writes", img->path);
@@ -580,7 +580,7 @@ rb_flush (struct rb_image *img)
   int r = 0;
   bool frees;
 
-  if (img->readonly)
+  if (rb_is_readonly (img))
     return 0;
   pthread_rwlock_rdlock (&img->io_lock);
   pthread_mutex_lock (&img->meta_lock);

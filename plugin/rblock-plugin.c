@@ -104,67 +104,26 @@ rblock_config_complete (void)
   "rpc=tcp:HOST:PORT|unix:PATH    Also serve JSON-RPC 2.0 on this socket.\n" \
   "rpc-writable=true              Allow JSON-RPC write and flush."
 
-/* Did nbdkit get -r / --readonly?  nbdkit 1.32 has no call to ask, so read
- * its command line up to the plugin name.
+/* Open the image once, before serving, so bad images fail at start-up.
+ * Read-only: nbdkit does not tell a plugin about -r or read-only filters
+ * until .open, so write access (QEMU's write lock, a dirty image's repair)
+ * waits for the first connection that may write (rblock_open).
  */
-static bool
-nbdkit_readonly (void)
-{
-  static const char with_arg[] = "DegiPptuUk";
-  char buf[8192];
-  ssize_t n;
-  char *p, *end;
-  int fd = open ("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-
-  if (fd == -1)
-    return false;
-  n = read (fd, buf, sizeof buf - 1);
-  close (fd);
-  if (n <= 0)
-    return false;
-  buf[n] = '\0';
-  end = buf + n;
-  p = buf + strlen (buf) + 1;          /* skip argv[0] */
-  while (p < end) {
-    if (strcmp (p, "--") == 0 || p[0] != '-')
-      return false;                    /* reached the plugin name */
-    if (p[1] == '-') {
-      if (strcmp (p, "--readonly") == 0 || strcmp (p, "--read-only") == 0)
-        return true;
-    }
-    else {
-      const char *c;
-      for (c = p + 1; *c; c++) {
-        if (*c == 'r')
-          return true;
-        if (strchr (with_arg, *c)) {
-          if (c[1] == '\0')
-            p += strlen (p) + 1;       /* the argument is the next word */
-          break;
-        }
-      }
-    }
-    p += strlen (p) + 1;
-  }
-  return false;
-}
-
-/* Open the image once, before serving, so bad images fail at start-up. */
 static int
 rblock_get_ready (void)
 {
-  struct rb_open_opts o = { .cache_size = cache_size, .snapshot = snapshot };
+  struct rb_open_opts o = { .cache_size = cache_size, .snapshot = snapshot,
+                            .flags = RB_OPEN_RDONLY };
 
-  if (readonly_param || snapshot || nbdkit_readonly ())
-    o.flags |= RB_OPEN_RDONLY;
   img = rb_open (filename, &o);
   if (!img) {
     nbdkit_error ("%s", rb_errmsg ());
     return -1;
   }
   if (rpc_listen) {
+    /* RPC writes are served only while the image is writable. */
     struct rpc_config cfg = { .listen = rpc_listen,
-                              .writable = rpc_writable && !rb_is_readonly (img) };
+                              .writable = rpc_writable && !readonly_param };
     rpc = rpc_server_new (img, &cfg);
     if (!rpc) {
       nbdkit_error ("rpc=%s: %s", rpc_listen, rb_errmsg ());
@@ -201,11 +160,42 @@ rblock_cleanup (void)
   }
 }
 
+/* The per-connection handle: every connection shares the one engine. */
+struct handle {
+  bool can_write;
+};
+
+/* A connection that may write (readonly=0: no -r, no read-only filter)
+ * gives the image write access the first time; if the file cannot be
+ * written, it is served read-only (as nbdkit's file plugin does).
+ */
 static void *
 rblock_open (int readonly)
 {
-  /* Any non-NULL handle: every connection shares the one engine. */
-  return img;
+  struct handle *h = calloc (1, sizeof *h);
+
+  if (!h) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  if (!readonly && !readonly_param) {
+    if (rb_make_writable (img) == 0)
+      h->can_write = true;
+    else if (rb_errno () == EACCES || rb_errno () == EPERM || rb_errno () == EROFS)
+      nbdkit_debug ("serving read-only: %s", rb_errmsg ());
+    else {
+      nbdkit_error ("%s", rb_errmsg ());
+      free (h);
+      return NULL;
+    }
+  }
+  return h;
+}
+
+static void
+rblock_close (void *handle)
+{
+  free (handle);
 }
 
 static int64_t
@@ -228,7 +218,9 @@ rblock_block_size (void *handle, uint32_t *minimum, uint32_t *preferred, uint32_
 static int
 rblock_can_write (void *handle)
 {
-  return !rb_is_readonly (img);
+  struct handle *h = handle;
+
+  return h->can_write;
 }
 
 static int
@@ -371,6 +363,7 @@ static struct nbdkit_plugin plugin = {
   .after_fork        = rblock_after_fork,
   .cleanup           = rblock_cleanup,
   .open              = rblock_open,
+  .close             = rblock_close,
   .get_size          = rblock_get_size,
   .block_size        = rblock_block_size,
   .can_write         = rblock_can_write,

@@ -89,7 +89,7 @@ handle_one (struct rpc_ctx *ctx, json_object *req)
     snprintf (msg, sizeof msg, "Method not found: %.200s", json_object_get_string (method));
     return rpc_error_response (id, RPC_METHOD_NOT_FOUND, msg, NULL);
   }
-  if (m->needs_writable && !ctx->writable) {
+  if (m->needs_writable && !rpc_can_write (ctx)) {
     json_object *d = json_object_new_object ();
     count (ctx, &ctx->errors);
     if (!has_id) {
@@ -97,8 +97,12 @@ handle_one (struct rpc_ctx *ctx, json_object *req)
       return NULL;
     }
     json_object_object_add (d, "errno", json_object_new_int (EROFS));
-    r = rpc_error_response (id, RPC_ENGINE_ERROR, "the image is served read-only: start rb-rpc "
-                            "with --writable (or the plugin with rpc-writable=true)", d);
+    r = rpc_error_response (id, RPC_ENGINE_ERROR, !ctx->writable ?
+                            "the image is served read-only: start rb-rpc "
+                            "with --writable (or the plugin with rpc-writable=true)" :
+                            "the image is read-only now (marked corrupt, or in the plugin: "
+                            "no NBD client that may write has connected yet; not with "
+                            "nbdkit -r or a read-only filter)", d);
     return r;
   }
   result = m->fn (ctx, params, &err);
@@ -124,6 +128,16 @@ handle_one (struct rpc_ctx *ctx, json_object *req)
 }
 
 /* A request or a batch.  Returns the reply or NULL (nothing to send). */
+/* May the write methods run now?  Only if allowed (--writable,
+ * rpc-writable=true) and the image is writable at this moment: the plugin
+ * gets write access at the first NBD connection that may write.
+ */
+bool
+rpc_can_write (struct rpc_ctx *ctx)
+{
+  return ctx->writable && !rb_is_readonly (ctx->img);
+}
+
 json_object *
 rpc_handle (struct rpc_ctx *ctx, json_object *text)
 {

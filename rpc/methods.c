@@ -562,7 +562,7 @@ method_list_methods (struct rpc_ctx *ctx, json_object *params, struct rpc_error 
     json_object_object_add (e, "name", json_object_new_string (m->name));
     json_object_object_add (e, "params", json_object_new_string (m->params));
     json_object_object_add (e, "writable_only", json_object_new_boolean (m->needs_writable));
-    json_object_object_add (e, "available", json_object_new_boolean (!m->needs_writable || ctx->writable));
+    json_object_object_add (e, "available", json_object_new_boolean (!m->needs_writable || rpc_can_write (ctx)));
     json_object_object_add (e, "description", json_object_new_string (m->description));
     json_object_array_add (a, e);
   }

@@ -54,6 +54,9 @@ struct rpc_method {
 
 extern const struct rpc_method rpc_methods[];
 
+/* May write and flush run now (allowed, and the image writable)? */
+bool rpc_can_write (struct rpc_ctx *ctx);
+
 /* Handle one parsed JSON text; returns the reply (NULL: nothing to send). */
 json_object *rpc_handle (struct rpc_ctx *ctx, json_object *text);
 /* An error response for id (NULL = null). */

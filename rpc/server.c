@@ -119,7 +119,7 @@ rpc_server_new (struct rb_image *img, const struct rpc_config *cfg)
     return NULL;
   }
   s->ctx.img = img;
-  s->ctx.writable = cfg->writable && !rb_is_readonly (img);
+  s->ctx.writable = cfg->writable;
   pthread_mutex_init (&s->ctx.lock, NULL);
   s->max_conns = cfg->max_connections ? cfg->max_connections : 64;
   s->idle_timeout = cfg->idle_timeout ? cfg->idle_timeout : 300;

@@ -51,13 +51,17 @@ make_dirty () {
 
 @test "an image QEMU holds open for writing is refused with a clear message" {
   qemu-img create -q -f qcow2 "$T/l.qcow2" 4M
-  qemu-io -c 'sleep 5000' "$T/l.qcow2" &
+  qemu-io -c 'sleep 20000' "$T/l.qcow2" &
   pid=$!
-  for i in $(seq 50); do
-    run "$RB_TOOL" write "$T/l.qcow2" 0 512 1
-    [[ "$output" == *"in use by another process"* ]] && break
-    sleep 0.1
+  # Wait (without taking locks that could make qemu-io fail) until QEMU holds
+  # its write lock (byte 101, in /proc/locks).
+  ino=$(stat -c %i "$T/l.qcow2")
+  for i in $(seq 200); do
+    awk -v i=":$ino" '$0 ~ i " " && $(NF-1) <= 101 && $NF >= 101 { f = 1 } END { exit !f }' /proc/locks && break
+    kill -0 "$pid"
+    sleep 0.05
   done
+  run "$RB_TOOL" write "$T/l.qcow2" 0 512 1
   kill "$pid"; wait "$pid" || true
   [ "$status" -eq 2 ]
   [[ "$output" == *"in use by another process"* ]]

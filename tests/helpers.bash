@@ -15,14 +15,21 @@ start_rblock () {
   for a in "$@"; do
     if [[ "$a" == -* ]]; then nbdkit_opts+=("$a"); else params+=("$a"); fi
   done
+  start_nbdkit "${nbdkit_opts[@]}" "$RBLOCK_SO" file="$img" "${params[@]}"
+}
+
+# start_nbdkit ARGS...: nbdkit -U $SOCK -P $PIDFILE ARGS (in that order, so options such
+# as -r may stand anywhere in ARGS); waits for the socket; sets SOCK, PIDFILE and URI.
+# nbdkit's stderr goes to $BATS_TEST_TMPDIR/nbdkit.err.
+start_nbdkit () {
   SOCK="$BATS_TEST_TMPDIR/nbd.sock"
   PIDFILE="$BATS_TEST_TMPDIR/nbdkit.pid"
   URI="nbd+unix:///?socket=$SOCK"
   rm -f "$SOCK" "$PIDFILE"
-  nbdkit "${nbdkit_opts[@]}" -U "$SOCK" -P "$PIDFILE" "$RBLOCK_SO" file="$img" "${params[@]}" \
+  nbdkit -U "$SOCK" -P "$PIDFILE" "$@" \
     2>"$BATS_TEST_TMPDIR/nbdkit.err" || { cat "$BATS_TEST_TMPDIR/nbdkit.err"; return 1; }
   local i
-  for i in $(seq 100); do
+  for i in $(seq 200); do
     [ -S "$SOCK" ] && [ -s "$PIDFILE" ] && return 0
     sleep 0.05
   done

@@ -220,9 +220,11 @@ PY
   ! qemu-io -c 'read -P 1 0 4M' "$T/full/d.qcow2" | grep -q failed
 }
 
-@test "QEMU's locks: a served image is refused to qemu-img and to a second server" {
+@test "QEMU's locks: an image served to a client that may write is refused to qemu-img and to a second server" {
   qemu-img create -q -f qcow2 "$T/l.qcow2" 8M
   start_rblock "$T/l.qcow2"
+  # Write access (and QEMU's write lock) comes with the first client that may write.
+  nbdsh -u "$URI" -c 'assert not h.is_read_only()'
   run qemu-img info "$T/l.qcow2"
   [ "$status" -ne 0 ]
   [[ "$output" == *'Failed to get shared "write" lock'* ]]

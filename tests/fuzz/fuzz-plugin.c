@@ -31,6 +31,11 @@ nbdkit_set_error (int err)
 {
 }
 
+void
+nbdkit_debug (const char *fs, ...)
+{
+}
+
 char *
 nbdkit_realpath (const char *path)
 {
