@@ -267,7 +267,7 @@ rb_open (const char *path, const struct rb_open_opts *opts)
 {
   struct chain_ids ids = { .n = 0 };
 
-  return image_open (path, opts, 0, false, &ids);
+  return image_open (path, opts, 0, opts && (opts->flags & RB_OPEN_RAW), &ids);
 }
 
 static void

@@ -267,6 +267,8 @@ struct rb_image {
   size_t nr_frees, frees_alloc;
   bool first_write_done;
   bool corrupt;             /* found corrupt during this session: no more writes */
+  bool prealloc_checked;    /* extents.c: metadata_prealloc decided (under meta_lock) */
+  bool metadata_prealloc;   /* more clusters referenced than the file holds */
 
   /* backing chain */
   struct rb_image *backing;

@@ -1,5 +1,5 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
- * Guest reads, extents and lookup over the mapping runs of map.c.
+ * Guest reads and lookup over the mapping runs of map.c (extents: extents.c).
  */
 #include <config.h>
 
@@ -79,7 +79,7 @@ read_compressed (struct rb_image *img, uint64_t l2_entry, void *buf,
 }
 
 /* map_run under the metadata lock (the data is then read or reported without it). */
-static int
+int
 map_run_locked (struct rb_image *img, uint64_t offset, uint64_t count, struct run *r)
 {
   int ret;
@@ -142,159 +142,6 @@ rb_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t offset)
   img->stats.read_bytes += count;
   pthread_mutex_unlock (&img->stats_lock);
   return ret;
-}
-
-/* ---- extents ---- */
-
-struct merge {
-  rb_extent_fn fn;
-  void *opaque;
-  uint64_t offset, length;
-  uint32_t type;
-};
-
-static int
-merge_emit (struct merge *m)
-{
-  int r = 0;
-
-  if (m->length > 0)
-    r = m->fn (m->opaque, m->offset, m->length, m->type);
-  m->length = 0;
-  return r;
-}
-
-static int
-merge_add (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
-{
-  struct merge *m = opaque;
-
-  if (m->length > 0 && m->type == type && m->offset + m->length == offset) {
-    m->length += length;
-    return 0;
-  }
-  if (merge_emit (m) == -1)
-    return -1;
-  m->offset = offset;
-  m->length = length;
-  m->type = type;
-  return 0;
-}
-
-/* Extents of a raw file image by SEEK_DATA/SEEK_HOLE. */
-static int
-raw_extents (struct rb_image *img, uint64_t count, uint64_t offset,
-             rb_extent_fn fn, void *opaque)
-{
-  uint64_t end = offset + count;
-
-  while (offset < end) {
-    off_t d = lseek (img->fd, offset, SEEK_DATA);
-    off_t h;
-
-    if (d == -1 || (uint64_t) d >= end) {
-      if (d == -1 && errno != ENXIO)
-        return fn (opaque, offset, end - offset, 0);   /* no SEEK_DATA: all data */
-      return fn (opaque, offset, end - offset, RB_EXTENT_HOLE | RB_EXTENT_ZERO);
-    }
-    if ((uint64_t) d > offset) {
-      if (fn (opaque, offset, d - offset, RB_EXTENT_HOLE | RB_EXTENT_ZERO) == -1)
-        return -1;
-      offset = d;
-    }
-    h = lseek (img->fd, offset, SEEK_HOLE);
-    if (h == -1 || (uint64_t) h > end)
-      h = end;
-    if (fn (opaque, offset, h - offset, 0) == -1)
-      return -1;
-    offset = h;
-  }
-  return 0;
-}
-
-static int extents_locked (struct rb_image *img, uint64_t count, uint64_t offset,
-                           rb_extent_fn fn, void *opaque);
-
-/* Extents of guest range as seen through img's backing chain. */
-static int
-backing_extents (struct rb_image *img, uint64_t count, uint64_t offset,
-                 rb_extent_fn fn, void *opaque)
-{
-  struct rb_image *b = img->backing;
-  uint64_t n = 0;
-
-  if (b && offset < b->size) {
-    n = MIN (count, b->size - offset);
-    if (b->is_raw) {
-      if (raw_extents (b, n, offset, fn, opaque) == -1)
-        return -1;
-    }
-    else {
-      int r;
-      pthread_rwlock_rdlock (&b->io_lock);
-      r = extents_locked (b, n, offset, fn, opaque);
-      pthread_rwlock_unlock (&b->io_lock);
-      if (r == -1)
-        return -1;
-    }
-  }
-  if (n < count)
-    return fn (opaque, offset + n, count - n, RB_EXTENT_HOLE | RB_EXTENT_ZERO);
-  return 0;
-}
-
-static int
-extents_locked (struct rb_image *img, uint64_t count, uint64_t offset,
-                rb_extent_fn fn, void *opaque)
-{
-  while (count > 0) {
-    struct run r;
-    int ret = 0;
-
-    if (map_run_locked (img, offset, count, &r) == -1)
-      return -1;
-    switch (r.kind) {
-    case RUN_DATA: case RUN_COMPRESSED:
-      ret = fn (opaque, offset, r.length, 0);
-      break;
-    case RUN_ZERO:
-      ret = fn (opaque, offset, r.length, RB_EXTENT_HOLE | RB_EXTENT_ZERO);
-      break;
-    case RUN_UNALLOC:
-      ret = backing_extents (img, r.length, offset, fn, opaque);
-      break;
-    }
-    if (ret == -1)
-      return -1;
-    offset += r.length;
-    count -= r.length;
-  }
-  return 0;
-}
-
-/* Report merged extents of [offset, offset+count) to fn. */
-int
-rb_extents (struct rb_image *img, uint64_t count, uint64_t offset,
-            rb_extent_fn fn, void *opaque)
-{
-  struct merge m = { .fn = fn, .opaque = opaque };
-  int r;
-
-  if (check_range (img, count, offset) == -1)
-    return -1;
-  if (img->is_raw)
-    r = raw_extents (img, count, offset, merge_add, &m);
-  else {
-    pthread_rwlock_rdlock (&img->io_lock);
-    r = extents_locked (img, count, offset, merge_add, &m);
-    pthread_rwlock_unlock (&img->io_lock);
-  }
-  if (r == 0)
-    r = merge_emit (&m);
-  pthread_mutex_lock (&img->stats_lock);
-  img->stats.extents_calls++;
-  pthread_mutex_unlock (&img->stats_lock);
-  return r;
 }
 
 /* ---- lookup ---- */

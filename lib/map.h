@@ -12,12 +12,14 @@ struct run {
   uint64_t guest_offset;
   uint64_t length;
   enum run_kind kind;
-  uint64_t host_offset;      /* DATA: host byte of guest_offset */
+  uint64_t host_offset;      /* DATA, and ZERO with a cluster allocated: host byte of guest_offset */
   uint64_t l2_entry;         /* entry of the first cluster (COMPRESSED: its descriptor) */
   uint64_t l2_table_offset;  /* 0 if no L2 table */
   bool copied;               /* DATA: every cluster of the run has QCOW_OFLAG_COPIED */
 };
 
 int map_run (struct rb_image *img, uint64_t guest_offset, uint64_t max_len, struct run *r);
+/* map_run under the image's metadata lock (io.c). */
+int map_run_locked (struct rb_image *img, uint64_t offset, uint64_t count, struct run *r);
 
 #endif

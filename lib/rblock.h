@@ -32,6 +32,7 @@ int rb_error (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3
 #define RB_OPEN_NO_LOCK   0x2      /* do not take QEMU-compatible OFD locks */
 #define RB_OPEN_NO_BACKING 0x4     /* do not open the backing chain (reads of
                                       unallocated clusters see zeros) */
+#define RB_OPEN_RAW       0x8      /* a raw file (never probed): reads and extents only */
 
 struct rb_open_opts {
   unsigned flags;                  /* RB_OPEN_* */
@@ -93,6 +94,24 @@ typedef int (*rb_extent_fn) (void *opaque, uint64_t offset, uint64_t length,
                              uint32_t type);
 int rb_extents (struct rb_image *img, uint64_t count, uint64_t offset,
                 rb_extent_fn fn, void *opaque);
+
+/* qemu-img map's view of guest bytes: which layer of the chain decides what
+ * they read as, and how.  Called for consecutive entries covering the range
+ * (not merged: a caller merges as qemu-img does).
+ */
+struct rb_map_entry {
+  uint64_t offset, length;         /* guest bytes */
+  unsigned depth;                  /* deciding layer: 0 this image, 1 its backing file, ... */
+  bool present;                    /* allocated in that layer (false: unallocated down to
+                                      the last image, or past a shorter backing file's end) */
+  bool data;                       /* as QEMU's BDRV_BLOCK_DATA */
+  bool zero;                       /* reads as zeros (may be set with data: a host hole) */
+  bool compressed;
+  bool has_host_offset;
+  uint64_t host_offset;            /* byte in the file of the layer at depth */
+};
+typedef int (*rb_map_fn) (void *opaque, const struct rb_map_entry *e);
+int rb_map (struct rb_image *img, uint64_t count, uint64_t offset, rb_map_fn fn, void *opaque);
 
 enum rb_cluster_type {
   RB_CLUSTER_UNALLOCATED = 0,      /* reads from backing (or zeros) */

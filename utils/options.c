@@ -5,10 +5,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -473,4 +475,90 @@ create_options_parse (const char *list, struct create_options *co, char *msg, si
       p++;
     }
   }
+}
+
+/* ---- images opened as -f and -U say ---- */
+
+int
+image_probe_format (const char *path, const struct cmdline *cl, bool *is_qcow2)
+{
+  uint8_t magic[4];
+  ssize_t r;
+  int fd;
+
+  if (cl->format) {
+    *is_qcow2 = strcmp (cl->format, "qcow2") == 0;
+    return 0;
+  }
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return rb_error (errno, "%s: %s", path, strerror (errno));
+  r = pread (fd, magic, 4, 0);
+  close (fd);
+  if (r == -1)
+    return rb_error (errno, "%s: %s", path, strerror (errno));
+  *is_qcow2 = r == 4 && memcmp (magic, "QFI\xfb", 4) == 0;
+  return 0;
+}
+
+struct rb_image *
+image_open_as (const char *path, const struct cmdline *cl, unsigned flags, bool *is_qcow2)
+{
+  struct rb_open_opts o = { .flags = flags };
+  bool q;
+
+  if (image_probe_format (path, cl, &q) == -1)
+    return NULL;
+  if (cl->force_share)
+    o.flags |= RB_OPEN_NO_LOCK;
+  if (!q)
+    o.flags |= RB_OPEN_RAW | RB_OPEN_RDONLY;
+  if (is_qcow2)
+    *is_qcow2 = q;
+  return rb_open (path, &o);
+}
+
+char *
+qemu_path_combine (const char *base, const char *name)
+{
+  const char *slash = strrchr (base, '/');
+  size_t dir = slash && name[0] != '/' ? (size_t) (slash - base + 1) : 0;
+  char *p = malloc (dir + strlen (name) + 1);
+
+  if (!p)
+    die (EXIT_TROUBLE, "out of memory");
+  memcpy (p, base, dir);
+  strcpy (p + dir, name);
+  return p;
+}
+
+char **
+image_chain_names (const char *path, const struct cmdline *cl, unsigned *n)
+{
+  struct cmdline layer = *cl;
+  struct rb_info *info = malloc (sizeof *info);
+  char **names = calloc (RB_MAX_CHAIN + 1, sizeof *names);
+  unsigned i;
+
+  if (!info || !names)
+    die (EXIT_TROUBLE, "out of memory");
+  names[0] = strdup (path);
+  for (i = 0; names[i] && i < RB_MAX_CHAIN; i++) {
+    bool q;
+    struct rb_image *img = image_open_as (names[i], &layer, RB_OPEN_RDONLY | RB_OPEN_NO_BACKING, &q);
+    if (!img)
+      die_rb ();
+    if (q && rb_get_info (img, info) == -1)
+      die_rb ();
+    rb_close (img);
+    if (!q || !info->backing_file[0])
+      break;
+    names[i + 1] = qemu_path_combine (names[i], info->backing_file);
+    layer.format = info->backing_format[0] ? info->backing_format : NULL;
+  }
+  if (!names[0])
+    die (EXIT_TROUBLE, "out of memory");
+  *n = i + 1;
+  free (info);
+  return names;
 }

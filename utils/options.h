@@ -116,4 +116,25 @@ extern const char create_options_help[];
 uint32_t parse_cluster_size_opt (const char *arg);
 uint32_t parse_compat_opt (const char *arg);
 
+/* The format of path: -f if given, else the qcow2 magic decides
+ * (*is_qcow2).  0 / -1 (message recorded).
+ */
+int image_probe_format (const char *path, const struct cmdline *cl, bool *is_qcow2);
+/* rb_open path as -f and -U say (flags: more RB_OPEN_*; a raw file is
+ * opened read-only with RB_OPEN_RAW).  *is_qcow2 (may be NULL) tells which.
+ * NULL on error (rb_errmsg says why).
+ */
+struct rb_image *image_open_as (const char *path, const struct cmdline *cl, unsigned flags,
+                                bool *is_qcow2);
+/* A backing file name resolved as QEMU's path_combine does it: relative to
+ * the folder of base, keeping base's spelling ("a/b.qcow2" + "c" = "a/c";
+ * "b.qcow2" + "c" = "c").  A new string.
+ */
+char *qemu_path_combine (const char *base, const char *name);
+/* The file names of path's backing chain as QEMU names them (path first,
+ * each layer's backing name combined with the name above it), *n of them.
+ * Dies on error.
+ */
+char **image_chain_names (const char *path, const struct cmdline *cl, unsigned *n);
+
 #endif
