@@ -63,7 +63,7 @@ walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
 {
   struct rb_image *img = k->img;
   CLEANUP_FREE uint8_t *t = malloc (img->cluster_size);
-  uint64_t i, j, rc;
+  uint64_t i, j, rc, next_contiguous;
 
   if (!t)
     return rb_error (ENOMEM, "out of memory");
@@ -89,14 +89,18 @@ walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
       memcpy (t, c, img->cluster_size);
       cache_put (img->l2_cache, l2);
     }
+    next_contiguous = 0;             /* fragmentation is counted per L2 table, as QEMU */
     for (j = 0; j < img->l2_entries; j++) {
       uint64_t e = get_be64 (t + j * img->l2_entry_size);
       if (e & QCOW_OFLAG_COMPRESSED) {
         uint64_t nb = ((e >> img->csize_shift) & img->csize_mask) + 1;
         uint64_t off = e & img->coffset_mask;
         ref_range (k, off, nb * 512 - (off & 511));
-        if (active)
+        if (active) {
           k->res->allocated_clusters++;
+          k->res->compressed_clusters++;
+          k->res->fragmented_clusters++;   /* compressed clusters are, by nature */
+        }
         continue;
       }
       uint64_t off = e & L2E_OFFSET_MASK;
@@ -106,6 +110,9 @@ walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
         continue;
       if (active) {
         k->res->allocated_clusters++;
+        if (next_contiguous && off != next_contiguous)
+          k->res->fragmented_clusters++;
+        next_contiguous = off + img->cluster_size;
         if (refcount_get (img, off >> img->cluster_bits, &rc) == -1)
           return -1;
         if ((rc == 1) != ((e & QCOW_OFLAG_COPIED) != 0))

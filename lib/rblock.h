@@ -215,6 +215,9 @@ struct rb_check_result {
   uint64_t leaks_fixed;
   uint64_t corruptions_fixed;
   uint64_t leaks_past_eof;         /* refcounts set past the end of the file (included in leaks) */
+  uint64_t fragmented_clusters;    /* active data clusters not right after the previous one
+                                      of their L2 table, and compressed ones (as QEMU) */
+  uint64_t compressed_clusters;
 };
 #define RB_CHECK_REPAIR_LEAKS 0x1
 #define RB_CHECK_REPAIR_ALL   0x2   /* also raise refcounts that are too low */

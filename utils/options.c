@@ -562,3 +562,121 @@ image_chain_names (const char *path, const struct cmdline *cl, unsigned *n)
   free (info);
   return names;
 }
+
+/* ---- JSON strings as QEMU writes them ---- */
+
+/* Decode one UTF-8 sequence at s (n bytes left, n > 0) as QEMU's
+ * mod_utf8_codepoint judges it: the code point, or -1 for an invalid
+ * sequence (a stray or impossible byte, a missing continuation byte,
+ * overlong forms other than C0 80, surrogates, noncharacters, beyond
+ * U+10FFFF).  *len: bytes consumed (invalid: the lead byte and the
+ * continuation bytes read before the fault).
+ */
+static int32_t
+utf8_decode (const unsigned char *s, size_t n, size_t *len)
+{
+  static const int32_t min_cp[] = { 0x80, 0x800, 0x10000, 0x200000, 0x4000000 };
+  unsigned lead = s[0], nr = 0, i;
+  int32_t cp;
+
+  *len = 1;
+  if (lead < 0x80)
+    return lead;
+  if (lead >= 0xfe || !(lead & 0x40))
+    return -1;
+  while (lead & (0x80 >> nr))
+    nr++;
+  cp = lead & ((0x80 >> nr) - 1);
+  for (i = 1; i < nr; i++) {
+    if (i >= n || (s[i] & 0xc0) != 0x80)
+      return -1;
+    cp = (cp << 6) | (s[i] & 0x3f);
+    *len = i + 1;
+  }
+  if (cp > 0x10ffff || (cp >= 0xfdd0 && cp <= 0xfdef) || (cp & 0xfffe) == 0xfffe ||
+      (cp >= 0xd800 && cp <= 0xdfff) || (cp < min_cp[nr - 2] && !(cp == 0 && nr == 2)))
+    return -1;
+  return cp;
+}
+
+json_object *
+json_string_qemu (const char *s)
+{
+  size_t n = strlen (s), i = 0, out = 0, len;
+  unsigned char *buf = malloc (3 * n + 1);
+  json_object *j;
+
+  if (!buf)
+    die (EXIT_TROUBLE, "out of memory");
+  while (i < n) {
+    int32_t cp = utf8_decode ((const unsigned char *) s + i, n - i, &len);
+    if (cp == -1) {
+      memcpy (buf + out, "\xef\xbf\xbd", 3);     /* U+FFFD */
+      out += 3;
+    }
+    else if (cp == 0)
+      buf[out++] = 0;                           /* C0 80: json-c writes \u0000 */
+    else {
+      memcpy (buf + out, s + i, len);
+      out += len;
+    }
+    i += len;
+  }
+  j = json_object_new_string_len ((const char *) buf, out);
+  free (buf);
+  return j;
+}
+
+/* Bucket of key in QEMU's QDict (tdb_hash modulo 512 buckets). */
+static unsigned
+qdict_bucket (const char *key)
+{
+  uint32_t v = 0x238F13AF * (uint32_t) strlen (key);
+  unsigned i;
+
+  for (i = 0; key[i]; i++)
+    v += (uint32_t) (unsigned char) key[i] << (i * 5 % 24);
+  return (1103515243 * v + 12345) % 512;
+}
+
+void
+json_qemu_order (json_object *j)
+{
+  size_t n, i, k;
+
+  if (json_object_is_type (j, json_type_array)) {
+    n = json_object_array_length (j);
+    for (i = 0; i < n; i++)
+      json_qemu_order (json_object_array_get_idx (j, i));
+    return;
+  }
+  if (!json_object_is_type (j, json_type_object))
+    return;
+  {
+    struct { const char *key; json_object *val; unsigned bucket; } *e;
+    n = json_object_object_length (j);
+    e = calloc (n + 1, sizeof *e);
+    if (!e)
+      die (EXIT_TROUBLE, "out of memory");
+    i = 0;
+    json_object_object_foreach (j, key, val) {
+      e[i].key = strdup (key);
+      e[i].val = json_object_get (val);
+      e[i].bucket = qdict_bucket (key);
+      if (!e[i].key)
+        die (EXIT_TROUBLE, "out of memory");
+      i++;
+    }
+    for (i = 0; i < n; i++)
+      json_object_object_del (j, e[i].key);
+    /* Buckets in order; within one, the last inserted first (QEMU's lists). */
+    for (k = 0; k < 512; k++)
+      for (i = n; i-- > 0; )
+        if (e[i].bucket == k) {
+          json_qemu_order (e[i].val);
+          json_object_object_add (j, e[i].key, e[i].val);
+          free ((char *) e[i].key);
+        }
+    free (e);
+  }
+}

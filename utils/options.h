@@ -34,6 +34,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <json-c/json.h>
+
 #include "rblock.h"
 
 #define OPT_FORMAT   0x01
@@ -136,5 +138,15 @@ char *qemu_path_combine (const char *base, const char *name);
  * Dies on error.
  */
 char **image_chain_names (const char *path, const struct cmdline *cl, unsigned *n);
+
+/* A JSON string for s (a file name: any bytes) that is valid UTF-8 JSON,
+ * as QEMU writes it: invalid UTF-8 sequences become U+FFFD, one per
+ * sequence, exactly where QEMU puts them.  json-c escapes the rest.
+ */
+json_object *json_string_qemu (const char *s);
+/* Put the keys of every object in j (recursively) in the order QEMU's QDict
+ * iterates them (its hash buckets), so output reads as qemu-img's.
+ */
+void json_qemu_order (json_object *j);
 
 #endif
