@@ -129,12 +129,13 @@ map_raw (struct rb_image *img, unsigned depth, uint64_t count, uint64_t offset,
 static int map_layer (struct rb_image *img, unsigned depth, uint64_t count, uint64_t offset,
                       rb_map_fn fn, void *opaque);
 
-/* Guest bytes unallocated in img (at depth): from the backing file where it
- * has them, else zero and not present.
+/* Guest bytes unallocated in img (at depth; host: their host offset if
+ * their cluster is allocated, else 0): from the backing file where it has
+ * them, else zero and not present (with the host offset, as QEMU).
  */
 static int
 map_below (struct rb_image *img, unsigned depth, uint64_t count, uint64_t offset,
-           rb_map_fn fn, void *opaque)
+           uint64_t host, rb_map_fn fn, void *opaque)
 {
   struct rb_image *b = img->backing;
   struct rb_map_entry e = { .depth = depth, .zero = true };
@@ -149,6 +150,8 @@ map_below (struct rb_image *img, unsigned depth, uint64_t count, uint64_t offset
     return 0;
   e.offset = offset + n;
   e.length = count - n;
+  e.has_host_offset = host != 0;
+  e.host_offset = host ? host + n : 0;
   return fn (opaque, &e);
 }
 
@@ -191,7 +194,7 @@ map_qcow2 (struct rb_image *img, unsigned depth, uint64_t count, uint64_t offset
       ret = fn (opaque, &e);
       break;
     case RUN_UNALLOC:
-      ret = map_below (img, depth, r.length, offset, fn, opaque);
+      ret = map_below (img, depth, r.length, offset, r.host_offset, fn, opaque);
       break;
     }
     if (ret == -1)

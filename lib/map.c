@@ -37,7 +37,10 @@ classify (struct rb_image *img, uint64_t entry, uint64_t bitmap, unsigned sc,
       *kind = RUN_ZERO;
       *host = info.host_offset ? info.host_offset + sc * img->subcluster_size : 0;
       return 0;
-    default: *kind = RUN_UNALLOC; return 0;
+    default:                      /* host offset kept: QEMU's UNALLOCATED_ALLOC */
+      *kind = RUN_UNALLOC;
+      *host = info.host_offset ? info.host_offset + sc * img->subcluster_size : 0;
+      return 0;
     }
   }
   switch (info.kind) {
@@ -104,7 +107,7 @@ map_run (struct rb_image *img, uint64_t guest_offset, uint64_t max_len, struct r
       cache_put (img->l2_cache, l2_off);
       return -1;
     }
-    if (kind == RUN_DATA || (kind == RUN_ZERO && host))
+    if (host)
       host += pos & (unit - 1);
     if (first) {
       r->kind = kind;
@@ -114,9 +117,9 @@ map_run (struct rb_image *img, uint64_t guest_offset, uint64_t max_len, struct r
       first = false;
     }
     else if (kind != r->kind || kind == RUN_COMPRESSED ||
-             (kind == RUN_DATA && (host != r->host_offset + r->length || copied != r->copied)) ||
-             (kind == RUN_ZERO && ((host != 0) != (r->host_offset != 0) ||
-                                   (host && host != r->host_offset + r->length))))
+             (kind == RUN_DATA && copied != r->copied) ||
+             (host != 0) != (r->host_offset != 0) ||
+             (host && host != r->host_offset + r->length))
       break;
     /* Compressed clusters are one run each. */
     if (kind == RUN_COMPRESSED)

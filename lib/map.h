@@ -12,7 +12,8 @@ struct run {
   uint64_t guest_offset;
   uint64_t length;
   enum run_kind kind;
-  uint64_t host_offset;      /* DATA, and ZERO with a cluster allocated: host byte of guest_offset */
+  uint64_t host_offset;      /* host byte of guest_offset: DATA, and ZERO or UNALLOC
+                                subclusters of an allocated cluster; else 0 */
   uint64_t l2_entry;         /* entry of the first cluster (COMPRESSED: its descriptor) */
   uint64_t l2_table_offset;  /* 0 if no L2 table */
   bool copied;               /* DATA: every cluster of the run has QCOW_OFLAG_COPIED */

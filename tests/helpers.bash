@@ -66,7 +66,7 @@ guest_map_classes () {
 # qemu_map_classes IMAGE: the same from qemu-img map --output=json
 qemu_map_classes () {
   qemu-img map -U --output=json "$1" |
-    jq -r '.[] | "\(.start) \(.length) \(if .data then "data" else "zero" end)"' | merge_runs
+    jq -r '.[] | "\(.start) \(.length) \(if .data and (.zero | not) then "data" else "zero" end)"' | merge_runs
 }
 
 # merge_runs: merge adjacent "start length class" lines with the same class.

@@ -102,11 +102,12 @@ qcow2_specific (const struct rb_info *in)
   return fs;
 }
 
-/* The ImageInfo of the image at name (opened as cl says, without its
- * backing chain unless with_chain).  Dies on error.
+/* The ImageInfo of the image at name, opened as cl says without its
+ * backing chain (as qemu-img info: a missing backing file is no error).
+ * Dies on error.
  */
 static json_object *
-image_info (const char *name, const struct cmdline *cl, bool with_chain)
+image_info (const char *name, const struct cmdline *cl)
 {
   json_object *j = json_object_new_object ();
   struct rb_info *in = NULL;
@@ -115,7 +116,7 @@ image_info (const char *name, const struct cmdline *cl, bool with_chain)
   bool q;
   unsigned i;
 
-  img = image_open_as (name, cl, RB_OPEN_RDONLY | (with_chain ? 0 : RB_OPEN_NO_BACKING), &q);
+  img = image_open_as (name, cl, RB_OPEN_RDONLY | RB_OPEN_NO_BACKING, &q);
   if (!img)
     die_rb ();
   if (stat (name, &st) == -1)
@@ -307,8 +308,7 @@ main (int argc, char **argv)
   if (argc - optind != 1)
     cmdline_die (&cl, "expected one IMAGE (see --help)");
 
-  /* The whole chain is opened first: a backing file that does not open is an error. */
-  out = image_info (argv[optind], &cl, true);
+  out = image_info (argv[optind], &cl);
   if (chain) {
     struct cmdline layer = cl;
     json_object *a = json_object_new_array ();
@@ -319,7 +319,7 @@ main (int argc, char **argv)
     for (i = 1; i < n; i++) {
       json_object *up = json_object_array_get_idx (a, i - 1);
       layer.format = get_str (up, "backing-filename-format");
-      json_object_array_add (a, image_info (names[i], &layer, false));
+      json_object_array_add (a, image_info (names[i], &layer));
     }
     out = a;
   }

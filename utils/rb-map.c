@@ -194,15 +194,11 @@ main (int argc, char **argv)
     if ((uint64_t) start < mapped_end)
       r = rb_map (img, mapped_end - start, start, add, &m);
     if (r == 0 && end > mapped_end) {
-      /* The raw tail: as the file's last run (SEEK_DATA rounds up to a sector). */
-      if (m.curr.length > 0 && m.curr.start + m.curr.length == mapped_end)
-        m.curr.length += end - mapped_end;
-      else {
-        struct rb_map_entry tail = { .offset = mapped_end, .length = end - mapped_end,
-                                     .present = true, .zero = true, .has_host_offset = true,
-                                     .host_offset = mapped_end };
-        r = add (&m, &tail);
-      }
+      /* A raw file's ragged tail reads as zeros (QEMU: past the end of the file). */
+      uint64_t from = MAX_U64 (start, mapped_end);
+      struct rb_map_entry tail = { .offset = from, .length = end - from, .present = true,
+                                   .zero = true, .has_host_offset = true, .host_offset = from };
+      r = add (&m, &tail);
     }
   }
   if (r == 0)
