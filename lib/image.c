@@ -357,10 +357,13 @@ make_writable_locked (struct rb_image *img, int fd)
     return -1;
   }
   /* No request is in flight: the new descriptor (with the same reader
-   * locks) replaces the old one, whose locks go with it.
+   * locks) replaces the old one, whose locks are released first (a forked
+   * process may share its description and keep it open).
    */
   old = img->fd;
   img->fd = fd;
+  if (!img->no_lock)
+    image_unlock_fd (old);
   close (old);
   if (!img->no_lock && image_lock_upgrade (img) == -1)
     return -1;

@@ -172,6 +172,7 @@ int image_lock_file (struct rb_image *img, bool writable);
 int image_lock_reader_fd (struct rb_image *img, int fd);
 int image_lock_upgrade (struct rb_image *img);
 void image_lock_downgrade (struct rb_image *img);
+void image_unlock_fd (int fd);
 
 /* ---- the image ---- */
 struct deferred_free {

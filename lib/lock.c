@@ -125,6 +125,16 @@ image_lock_reader_fd (struct rb_image *img, int fd)
   return 0;
 }
 
+/* Release every lock byte of fd's open file description.  Needed before a
+ * descriptor is replaced: a forked process (nbdkit --run's parent) may share
+ * the description, and closing our descriptor would leave its locks.
+ */
+void
+image_unlock_fd (int fd)
+{
+  set_bytes (fd, 0xf, 0xf, F_UNLCK);
+}
+
 /* A reader's img->fd becomes a writer's: take the write permissions, then
  * test that nobody else reads consistently or writes.  On a conflict the
  * write bytes are released again and the reader locks stay.  Returns 0 / -1.

@@ -210,3 +210,13 @@ except nbd.Error as e:
   qemu-io "${args[@]}" "$img" > "$T/out"
   ! grep -q 'verification failed' "$T/out"
 }
+
+@test "--run without -r: the captive client may write (nbdkit's parent shares the read-only descriptor)" {
+  local img="$T/w.qcow2"
+  qemu-img create -q -f qcow2 "$img" 16M
+  nbdkit -U - "$RBLOCK_SO" file="$img" \
+    --run 'PATH=/usr/bin:$PATH nbdsh -u "$uri" -c "assert not h.is_read_only()" -c "h.pwrite(b\"captive!\", 65536)"'
+  qemu_check_clean "$img"
+  qemu-img convert -O raw "$img" "$T/w.raw"
+  [ "$(dd if="$T/w.raw" bs=1 skip=65536 count=8 status=none)" = "captive!" ]
+}
