@@ -505,6 +505,7 @@ struct rb_image *
 image_open_as (const char *path, const struct cmdline *cl, unsigned flags, bool *is_qcow2)
 {
   struct rb_open_opts o = { .flags = flags };
+  struct rb_image *img;
   bool q;
 
   if (image_probe_format (path, cl, &q) == -1)
@@ -515,7 +516,11 @@ image_open_as (const char *path, const struct cmdline *cl, unsigned flags, bool 
     o.flags |= RB_OPEN_RAW | RB_OPEN_RDONLY;
   if (is_qcow2)
     *is_qcow2 = q;
-  return rb_open (path, &o);
+  img = rb_open (path, &o);
+  /* The engine's messages usually name the file already. */
+  if (!img && !strstr (rb_errmsg (), path))
+    source_error_prefixed (path);
+  return img;
 }
 
 char *
@@ -679,4 +684,46 @@ json_qemu_order (json_object *j)
         }
     free (e);
   }
+}
+
+/* ---- the shared options applied ---- */
+
+unsigned
+source_flags_for (const struct cmdline *cl, const char *format)
+{
+  unsigned flags = cl->force_share ? SOURCE_NO_LOCK : 0;
+
+  if (format && strcmp (format, "raw") == 0)
+    flags |= SOURCE_FORCE_RAW;
+  else if (format && strcmp (format, "qcow2") == 0)
+    flags |= SOURCE_FORCE_QCOW2;
+  return flags;
+}
+
+void
+create_options_apply (const struct cmdline *cl, struct rb_create_opts *o, unsigned allowed)
+{
+  static const struct { unsigned bit; const char *key; } keys[] = {
+    { CO_SIZE, "size" }, { CO_CLUSTER_SIZE, "cluster_size" }, { CO_COMPAT, "compat" },
+    { CO_REFCOUNT_BITS, "refcount_bits" }, { CO_LAZY_REFCOUNTS, "lazy_refcounts" },
+    { CO_EXTENDED_L2, "extended_l2" }, { CO_COMPRESSION, "compression_type" },
+    { CO_PREALLOCATION, "preallocation" }, { CO_BACKING_FILE, "backing_file" },
+    { CO_BACKING_FMT, "backing_fmt" },
+  };
+  const struct create_options *co = &cl->create;
+  size_t i;
+
+  for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    if ((co->given & keys[i].bit) && !(allowed & keys[i].bit))
+      cmdline_die (cl, "-o %s: not an option of %s", keys[i].key, progname);
+  if (co->given & CO_SIZE) o->size = co->o.size;
+  if (co->given & CO_CLUSTER_SIZE) o->cluster_size = co->o.cluster_size;
+  if (co->given & CO_COMPAT) o->version = co->o.version;
+  if (co->given & CO_REFCOUNT_BITS) o->refcount_bits = co->o.refcount_bits;
+  if (co->given & CO_LAZY_REFCOUNTS) o->lazy_refcounts = co->o.lazy_refcounts;
+  if (co->given & CO_EXTENDED_L2) o->extended_l2 = co->o.extended_l2;
+  if (co->given & CO_COMPRESSION) o->compression_type = co->o.compression_type;
+  if (co->given & CO_PREALLOCATION) o->preallocation = co->o.preallocation;
+  if (co->given & CO_BACKING_FILE) o->backing_file = co->o.backing_file;
+  if (co->given & CO_BACKING_FMT) o->backing_format = co->o.backing_format;
 }

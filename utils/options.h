@@ -139,6 +139,15 @@ char *qemu_path_combine (const char *base, const char *name);
  */
 char **image_chain_names (const char *path, const struct cmdline *cl, unsigned *n);
 
+/* source_open flags for an input whose format is forced to format (-f or
+ * -F; NULL: probe), and -U.
+ */
+unsigned source_flags_for (const struct cmdline *cl, const char *format);
+/* Copy the -o options given into o; an option outside `allowed` (CO_*) is
+ * a usage error naming it.
+ */
+void create_options_apply (const struct cmdline *cl, struct rb_create_opts *o, unsigned allowed);
+
 /* A JSON string for s (a file name: any bytes) that is valid UTF-8 JSON,
  * as QEMU writes it: invalid UTF-8 sequences become U+FFFD, one per
  * sequence, exactly where QEMU puts them.  json-c escapes the rest.

@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,12 +29,16 @@ usage (FILE *f, int status)
 "  -c, --cluster-size SIZE  cluster size, 512 to 2M (default 64K)\n"
 "      --compat 0.10|1.1    qcow2 version 2 or 3 (default 1.1)\n"
 "      --refcount-bits N    1, 2, 4, 8, 16, 32 or 64 (default 16)\n"
+"  -o OPTIONS               the same as qemu-img's -o: cluster_size, compat,\n"
+"                           refcount_bits, lazy_refcounts, compression_type (-o help)\n"
 "  -z, --compress zlib|zstd store compressed clusters\n"
 "  -O, --output-format qcow2|raw\n"
 "                           raw: a sparse raw copy of the guest view; OUTPUT may\n"
 "                           then be an NBD URI (a qcow2 restored onto an export)\n"
+"  -f, --format raw|qcow2   SOURCE's format: do not probe it\n"
+"  -U, --force-share        open SOURCE without locks (an image in use by a VM)\n"
 "  -p, --progress           show progress on a terminal\n"
-"  -f, --force              overwrite OUTPUT if it exists\n"
+"      --force              overwrite OUTPUT if it exists (qemu-img convert always does)\n"
 "      --no-sync            skip the fsync before the rename (faster, like qemu-img\n"
 "                           convert's default cache=unsafe; a power failure may then\n"
 "                           leave an incomplete OUTPUT)\n"
@@ -45,9 +48,10 @@ usage (FILE *f, int status)
 "  %s /dev/sdb backup.qcow2\n"
 "  %s -c 2M -z zstd -p disk.raw disk.qcow2\n"
 "  %s -O raw overlay.qcow2 flat.raw\n"
+"  %s -U -o cluster_size=2M,compat=0.10 /var/lib/vm/running.qcow2 copy.qcow2\n"
 "\n"
 "Exit status: 0 done, 1 usage error, 2 failure (OUTPUT is then not created).\n",
-           progname, progname, progname, progname);
+           progname, progname, progname, progname, progname);
   exit (status);
 }
 
@@ -109,15 +113,16 @@ main (int argc, char **argv)
     { "refcount-bits", required_argument, NULL, 'R' },
     { "compress", required_argument, NULL, 'z' },
     { "output-format", required_argument, NULL, 'O' },
-    { "progress", no_argument, NULL, 'p' },
-    { "force", no_argument, NULL, 'f' },
+    { "force", no_argument, NULL, 'F' },
     { "no-sync", no_argument, NULL, 'S' },
-    { "help", no_argument, NULL, 'h' },
-    { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
+  struct cmdline cl = {
+    .shortopts = "c:z:O:", .longopts = longopts, .usage = usage,
+    .shared = OPT_FORMAT | OPT_SHARE | OPT_PROGRESS | OPT_CREATE,
+  };
   struct rb_create_opts o = { 0 };
-  bool compress = false, progress = false, force = false, raw_out = false, sync = true;
+  bool compress = false, force = false, raw_out = false, sync = true;
   struct extents ext = { 0 };
   struct progress prog;
   struct source *src;
@@ -130,7 +135,7 @@ main (int argc, char **argv)
   size_t i;
   int c, out_fd = -1;
 
-  while ((c = getopt_long (argc, argv, "c:z:O:pfhV", longopts, NULL)) != -1) {
+  while ((c = cmdline_next (&cl, argc, argv)) != -1) {
     switch (c) {
     case 'c': o.cluster_size = parse_cluster_size_opt (optarg); break;
     case 'C': o.version = parse_compat_opt (optarg); break;
@@ -151,20 +156,19 @@ main (int argc, char **argv)
       else if (strcmp (optarg, "qcow2") != 0)
         die (EXIT_USAGE, "--output-format: '%s' is neither qcow2 nor raw", optarg);
       break;
-    case 'p': progress = true; break;
-    case 'f': force = true; break;
+    case 'F': force = true; break;
     case 'S': sync = false; break;
-    case 'h': usage (stdout, EXIT_OK);
-    case 'V': printf ("%s %s\n", progname, PACKAGE_VERSION); exit (EXIT_OK);
     default: usage (stderr, EXIT_USAGE);
     }
   }
   if (argc - optind != 2)
     usage (stderr, EXIT_USAGE);
-  if (raw_out && (compress || o.cluster_size || o.version || o.refcount_bits))
+  create_options_apply (&cl, &o, CO_CLUSTER_SIZE | CO_COMPAT | CO_REFCOUNT_BITS |
+                        CO_LAZY_REFCOUNTS | CO_COMPRESSION);
+  if (raw_out && (compress || o.cluster_size || o.version || o.refcount_bits || cl.create.given))
     die (EXIT_USAGE, "qcow2 options make no sense with -O raw");
 
-  src = source_open (argv[optind], false);
+  src = source_open (argv[optind], source_flags_for (&cl, cl.format));
   if (!src)
     die_rb ();
   if (source_is_uri (argv[optind + 1])) {
@@ -217,7 +221,7 @@ main (int argc, char **argv)
   buf = aligned_alloc (4096, ROUND_UP_U64 (CHUNK + cs, 4096));
   if (!buf)
     die (EXIT_TROUBLE, "out of memory");
-  progress_init (&prog, progress, src->size);
+  progress_init (&prog, cl.progress, src->size);
   for (i = 0; i < ext.n; i++) {
     /* Whole clusters around the extent, in chunks. */
     uint64_t pos = ext.v[i].off / cs * cs;

@@ -4,7 +4,6 @@
 #include <config.h>
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
@@ -37,17 +36,22 @@ usage (FILE *f, int status)
 "      --extended-l2        subcluster granularity (clusters of 16K or more)\n"
 "      --relative           store BASE relative to OUTPUT's folder\n"
 "      --changes FILE|-     use 'rb-diff --json' output instead of comparing again\n"
+"  -o OPTIONS               the same as qemu-img's -o: cluster_size, compat,\n"
+"                           extended_l2, refcount_bits, lazy_refcounts (-o help)\n"
+"  -f, --format raw|qcow2   BASE's and NEW's format: do not probe them\n"
+"  -U, --force-share        open qcow2 inputs without locks (images in use by a VM)\n"
 "  -p, --progress           show progress on a terminal\n"
-"  -f, --force              overwrite OUTPUT if it exists\n"
+"      --force              overwrite OUTPUT if it exists\n"
 "  -h, --help / -V, --version\n"
 "\n"
 "examples:\n"
 "  %s base.raw today.raw delta.qcow2\n"
 "  %s --relative --extended-l2 /backups/base.qcow2 nbd://host/disk /backups/inc1.qcow2\n"
 "  rb-diff --json base.raw new.raw > c.json && %s --changes c.json base.raw new.raw d.qcow2\n"
+"  %s -U -o cluster_size=16k base.qcow2 /var/lib/vm/running.qcow2 inc.qcow2\n"
 "\n"
 "Exit status: 0 done, 1 usage error, 2 failure (OUTPUT is then not created).\n",
-           progname, progname, progname, progname);
+           progname, progname, progname, progname, progname);
   exit (status);
 }
 
@@ -332,14 +336,15 @@ main (int argc, char **argv)
     { "extended-l2", no_argument, NULL, 'E' },
     { "relative", no_argument, NULL, 'r' },
     { "changes", required_argument, NULL, 'D' },
-    { "progress", no_argument, NULL, 'p' },
-    { "force", no_argument, NULL, 'f' },
-    { "help", no_argument, NULL, 'h' },
-    { "version", no_argument, NULL, 'V' },
+    { "force", no_argument, NULL, 'F' },
     { NULL, 0, NULL, 0 },
   };
+  struct cmdline cl = {
+    .shortopts = "c:", .longopts = longopts, .usage = usage,
+    .shared = OPT_FORMAT | OPT_SHARE | OPT_PROGRESS | OPT_CREATE,
+  };
   struct rb_create_opts o = { 0 };
-  bool relative = false, progress = false, force = false;
+  bool relative = false, force = false;
   const char *changes = NULL, *tmp;
   struct extent_list ch = { 0 };
   struct pair_scan_opts opts = { 0 };
@@ -350,22 +355,21 @@ main (int argc, char **argv)
   char *backing_name;
   int c;
 
-  while ((c = getopt_long (argc, argv, "c:pfhV", longopts, NULL)) != -1) {
+  while ((c = cmdline_next (&cl, argc, argv)) != -1) {
     switch (c) {
     case 'c': o.cluster_size = parse_cluster_size_opt (optarg); break;
     case 'C': o.version = parse_compat_opt (optarg); break;
     case 'E': o.extended_l2 = true; break;
     case 'r': relative = true; break;
     case 'D': changes = optarg; break;
-    case 'p': progress = true; break;
-    case 'f': force = true; break;
-    case 'h': usage (stdout, EXIT_OK);
-    case 'V': printf ("%s %s\n", progname, PACKAGE_VERSION); exit (EXIT_OK);
+    case 'F': force = true; break;
     default: usage (stderr, EXIT_USAGE);
     }
   }
   if (argc - optind != 3)
     usage (stderr, EXIT_USAGE);
+  create_options_apply (&cl, &o, CO_CLUSTER_SIZE | CO_COMPAT | CO_EXTENDED_L2 |
+                        CO_REFCOUNT_BITS | CO_LAZY_REFCOUNTS);
   if (o.extended_l2 && o.version == 2)
     die (EXIT_USAGE, "--extended-l2 needs compat 1.1");
   if (!o.cluster_size)
@@ -373,13 +377,13 @@ main (int argc, char **argv)
   if (o.extended_l2 && o.cluster_size < 16384)
     die (EXIT_USAGE, "--extended-l2 needs clusters of at least 16K");
 
-  base = source_open (argv[optind], 0);
+  base = source_open (argv[optind], source_flags_for (&cl, cl.format));
   if (!base)
     die_rb ();
   if (base->kind != SOURCE_RAW && base->kind != SOURCE_QCOW2)
     die (EXIT_TROUBLE, "%s: BASE must be a raw or qcow2 file (it becomes the backing file)",
          argv[optind]);
-  new = source_open (argv[optind + 1], 0);
+  new = source_open (argv[optind + 1], source_flags_for (&cl, cl.format));
   if (!new)
     die_rb ();
   if (base->size > new->size)
@@ -411,7 +415,7 @@ main (int argc, char **argv)
   d.version = o.version;
   d.w = w;
   d.output = argv[optind + 2];
-  progress_init (&d.prog, progress, disk);
+  progress_init (&d.prog, cl.progress, disk);
   /* Where both inputs read as zeros nothing can differ: not even read.  With
    * --changes only NEW is read, where the changes are.
    */

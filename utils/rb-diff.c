@@ -4,7 +4,6 @@
 #include <config.h>
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,10 +30,14 @@ usage (FILE *f, int status)
 "A and B are raw files, block devices, qcow2 images (read through their backing\n"
 "chain) or NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).\n"
 "\n"
-"  -j, --json               print one JSON object: sector_size, size_a, size_b,\n"
+"  -j, --json, --output=json\n"
+"                           print one JSON object: sector_size, size_a, size_b,\n"
 "                           changed_sectors, changed_bytes, ranges [{start,count}]\n"
 "  -c, --count              print only the number of changed sectors\n"
-"  -q, --quiet              print nothing; the exit status tells\n"
+"  -q, -s, --quiet          print nothing; the exit status tells\n"
+"  -f, --format raw|qcow2   A's format: do not probe it (as qemu-img compare -f)\n"
+"  -F raw|qcow2             B's format (as qemu-img compare -F)\n"
+"  -U, --force-share        open qcow2 inputs without locks (images in use by a VM)\n"
 "  -S, --sector-size N      sector size, a power of two from 512 to 1M (default 512)\n"
 "  -p, --progress           show progress on standard error when it is a terminal\n"
 "      --size-mismatch=changed|zero-tail\n"
@@ -49,9 +52,10 @@ usage (FILE *f, int status)
 "  %s base.raw new.raw\n"
 "  %s --json --sector-size 4096 /dev/vg/snap /dev/vg/live > changes.json\n"
 "  %s --count disk.qcow2 nbd+unix:///?socket=/run/vm.sock\n"
+"  %s -U --output=json -F raw /var/lib/vm/running.qcow2 backup.img\n"
 "\n"
 "Exit status: 0 identical, 1 different, 2 trouble (as cmp).\n",
-           progname, progname, progname, progname);
+           progname, progname, progname, progname, progname);
   exit (status);
 }
 
@@ -151,18 +155,20 @@ int
 main (int argc, char **argv)
 {
   static const struct option longopts[] = {
-    { "json", no_argument, NULL, 'j' },
     { "count", no_argument, NULL, 'c' },
-    { "quiet", no_argument, NULL, 'q' },
     { "silent", no_argument, NULL, 'q' },
     { "sector-size", required_argument, NULL, 'S' },
-    { "progress", no_argument, NULL, 'p' },
     { "chunk-size", required_argument, NULL, 'K' },   /* tests: small chunks */
     { "size-mismatch", required_argument, NULL, 'M' },
-    { "help", no_argument, NULL, 'h' },
-    { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
+  /* 1 means "differ": a usage error is 2, as trouble. */
+  struct cmdline cl = {
+    .shortopts = "csS:F:", .longopts = longopts, .usage = usage, .usage_status = EXIT_TROUBLE,
+    .shared = OPT_FORMAT | OPT_SHARE | OPT_OUTPUT | OPT_PROGRESS | OPT_QUIET,
+  };
+  const char *format_b = NULL;
+  bool count = false;
   enum output_mode mode = OUT_HUMAN;
   struct pair_scan_opts opts = { 0 };
   struct diff d;
@@ -170,18 +176,20 @@ main (int argc, char **argv)
   uint64_t nr_sectors = 0, nr_bytes = 0, total_sectors;
   struct source *sa, *sb;
   struct progress prog;
-  bool progress = false, zero_tail = false;
+  bool zero_tail = false;
   int64_t v;
   size_t i;
   int c;
 
-  opterr = 0;
-  while ((c = getopt_long (argc, argv, "jcqsS:phV", longopts, NULL)) != -1) {
+  while ((c = cmdline_next (&cl, argc, argv)) != -1) {
     switch (c) {
-    case 'j': mode = OUT_JSON; break;
-    case 'p': progress = true; break;
-    case 'c': mode = OUT_COUNT; break;
-    case 'q': case 's': mode = OUT_QUIET; break;
+    case 'c': count = true; break;
+    case 's': cl.quiet = true; break;
+    case 'F':
+      if (strcmp (optarg, "raw") != 0 && strcmp (optarg, "qcow2") != 0)
+        cmdline_die (&cl, "-F: unknown format '%s' (raw or qcow2)", optarg);
+      format_b = optarg;
+      break;
     case 'S':
       v = parse_size (optarg);
       if (v < 512 || v > (1 << 20) || (v & (v - 1)))
@@ -199,22 +207,18 @@ main (int argc, char **argv)
       else if (strcmp (optarg, "changed") == 0) zero_tail = false;
       else die (EXIT_TROUBLE, "--size-mismatch: '%s' is neither changed nor zero-tail", optarg);
       break;
-    case 'h': usage (stdout, EXIT_OK);
-    case 'V': printf ("%s %s\n", progname, PACKAGE_VERSION); exit (EXIT_OK);
     default:
-      fprintf (stderr, "%s: bad option '%s' (see --help)\n", progname, argv[optind - 1]);
-      exit (EXIT_TROUBLE);
+      usage (stderr, EXIT_TROUBLE);
     }
   }
-  if (argc - optind != 2) {
-    fprintf (stderr, "%s: expected two inputs, A and B (see --help)\n", progname);
-    exit (EXIT_TROUBLE);
-  }
+  if (argc - optind != 2)
+    cmdline_die (&cl, "expected two inputs, A and B (see --help)");
+  mode = cl.quiet ? OUT_QUIET : count ? OUT_COUNT : cl.json ? OUT_JSON : OUT_HUMAN;
 
-  sa = source_open (argv[optind], 0);
+  sa = source_open (argv[optind], source_flags_for (&cl, cl.format));
   if (!sa)
     die_rb ();
-  sb = source_open (argv[optind + 1], 0);
+  sb = source_open (argv[optind + 1], source_flags_for (&cl, format_b));
   if (!sb)
     die_rb ();
   size_a = source_size (sa);
@@ -230,7 +234,7 @@ main (int argc, char **argv)
   /* zero-tail: the scan runs to the longer end; the shorter side reads as
    * zeros past its own end (pair_scan does not read it there).
    */
-  progress_init (&prog, progress, zero_tail ? longer : common);
+  progress_init (&prog, cl.progress, zero_tail ? longer : common);
   d.sector_size = sector_size;
   d.unit = MAX_U64 (sector_size, COMPARE_UNIT);
   d.prog = &prog;

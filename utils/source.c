@@ -105,8 +105,9 @@ open_path (struct source *s, unsigned flags)
   s->dev = st.st_dev;
   s->ino = st.st_ino;
   s->kind = S_ISBLK (st.st_mode) ? SOURCE_BLOCKDEV : SOURCE_RAW;
-  if (!(flags & SOURCE_FORCE_RAW) && s->size >= 4 &&
-      pread (s->fd, magic, 4, 0) == 4 && memcmp (magic, "QFI\xfb", 4) == 0) {
+  if ((flags & SOURCE_FORCE_QCOW2) ||
+      (!(flags & SOURCE_FORCE_RAW) && s->size >= 4 &&
+       pread (s->fd, magic, 4, 0) == 4 && memcmp (magic, "QFI\xfb", 4) == 0)) {
     struct rb_open_opts o = { .flags = RB_OPEN_RDONLY };
 
     if (flags & SOURCE_NO_LOCK)
@@ -139,6 +140,10 @@ source_open (const char *name, unsigned flags)
   }
   s->fd = -1;
   if (source_is_uri (name)) {
+    if (flags & SOURCE_FORCE_QCOW2) {
+      rb_error (ENOTSUP, "%s: -f qcow2: an NBD export is read as raw bytes", name);
+      goto err;
+    }
     s->kind = SOURCE_NBD;
     if (nbdsrc_open (s) == -1)
       goto err;

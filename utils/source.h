@@ -21,7 +21,8 @@
  * A name is an NBD URI if it starts with "nbd://", "nbds://", "nbd+unix://",
  * "nbds+unix://", "nbd+vsock://" or "nbds+vsock://"; otherwise it is a path.
  * A path is a qcow2 image if it starts with the magic "QFI\xfb" (unless
- * SOURCE_FORCE_RAW), read through the engine with its backing chain; else a
+ * SOURCE_FORCE_RAW; always with SOURCE_FORCE_QCOW2), read through the
+ * engine with its backing chain; else a
  * raw regular file or a block device (its size by BLKGETSIZE64).
  *
  * Threads: source_pread may be called on several threads at once (NBD
@@ -60,6 +61,7 @@ struct source {
 /* source_open flags. */
 #define SOURCE_FORCE_RAW  0x1      /* do not probe for qcow2: read the file's bytes */
 #define SOURCE_NO_LOCK    0x2      /* qcow2: open without the engine's OFD locks */
+#define SOURCE_FORCE_QCOW2 0x4     /* a path is a qcow2 image, whatever its first bytes */
 
 /* Extent kinds (bit flags, as NBD's base:allocation).  SOURCE_DATA (0) must be
  * read.  SOURCE_ZERO reads as zeros.  SOURCE_HOLE is only ever reported
