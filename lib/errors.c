@@ -61,3 +61,31 @@ rb_errno (void)
 {
   return errnum;
 }
+
+static rb_warning_fn warning_fn;
+static void *warning_opaque;
+
+void
+rb_set_warning_fn (rb_warning_fn fn, void *opaque)
+{
+  __atomic_store_n (&warning_opaque, opaque, __ATOMIC_RELAXED);
+  __atomic_store_n (&warning_fn, fn, __ATOMIC_RELEASE);
+}
+
+/* Format a one-line warning and pass it to the warning function, if any
+ * (lib/ never prints).
+ */
+void
+rb_warning (const char *fmt, ...)
+{
+  rb_warning_fn fn = __atomic_load_n (&warning_fn, __ATOMIC_ACQUIRE);
+  char msg[512];
+  va_list ap;
+
+  if (!fn)
+    return;
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  fn (__atomic_load_n (&warning_opaque, __ATOMIC_RELAXED), msg);
+}

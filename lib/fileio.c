@@ -20,7 +20,7 @@
 static const char *const event_names[IO__MAX] = {
   "meta_read", "data_read", "cow_read", "data_write", "l1_update",
   "l2_alloc", "l2_update", "refblock_alloc", "refblock_update",
-  "reftable_grow", "header_update", "flush", "create",
+  "reftable_grow", "header_update", "flush", "create", "bitmap_write",
 };
 
 /* Fault injection, configured once from RBLOCK_FAULT (tests only):

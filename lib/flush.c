@@ -21,9 +21,19 @@
  * 6. An fdatasync separates a stage from the next one that depends on it; flush
  *    and FUA end with fdatasync.
  * 7. Unknown incompatible bits: refuse to open.  Unknown autoclear bits: clear
- *    before the first write; persistent bitmaps instead get their in_use flag
- *    (bitmaps.c), durably before the first write.  Corrupt bit: read-only.  Dirty bit: refuse a
- *    writable open (header.c, image.c, prepare_first_write below).
+ *    before the first write (the bitmaps bit stays: invariant 8).  Corrupt
+ *    bit: read-only.  Dirty bit: refuse a writable open (header.c, image.c,
+ *    prepare_first_write below).
+ * 8. Persistent dirty bitmaps (bitmaps*.c): an enabled bitmap, and one rblock
+ *    cannot keep up to date, is durably marked in use before the first guest
+ *    write (prepare_first_write); every write, zero and trim then sets the
+ *    enabled bitmaps' bits in memory (bitmaps_note_write, after the request
+ *    passed prepare_first_write).  A clean close writes the bits into newly
+ *    allocated clusters and new tables, a new directory with in_use cleared,
+ *    syncs, switches the header extension to it (synced), and only then frees
+ *    the old clusters.  A crash leaves the old directory (in use) or the new
+ *    one: never a consistent-looking bitmap that misses a write.  Disabled
+ *    bitmaps are not touched.
  */
 #include <config.h>
 
@@ -95,25 +105,36 @@ flush_metadata (struct rb_image *img)
   return 0;
 }
 
-/* Before the first write: clear the autoclear bits we do not maintain
+/* Clear the autoclear bits rblock does not maintain (invariant 7); the
+ * bitmaps bit stays while there are bitmaps.  Syncs if anything was written
+ * (also when the caller says it wrote something).  Under meta_lock.
+ */
+int
+clear_autoclear (struct rb_image *img, bool written)
+{
+  uint64_t keep = img->nr_bitmaps ? QCOW_AUTOCLEAR_BITMAPS : 0;
+  bool clear = img->autoclear_features & ~keep;
+
+  img->autoclear_features &= keep;
+  if (clear && header_update_features (img) == -1)
+    return -1;
+  if ((written || clear) && file_sync (img->fd, IO_FLUSH) == -1)
+    return -1;
+  return 0;
+}
+
+/* Before the first write: mark bitmaps in use and start tracking the
+ * enabled ones (invariant 8), clear the autoclear bits we do not maintain
  * (invariant 7), durably.  Under meta_lock.
  */
 int
 prepare_first_write (struct rb_image *img)
 {
-  /* Bitmaps stay (marked in use: bitmaps.c); other autoclear bits go. */
-  uint64_t keep = img->nr_bitmaps ? QCOW_AUTOCLEAR_BITMAPS : 0;
-  bool clear = img->autoclear_features & ~keep;
   int mark;
 
   if (img->first_write_done)
     return 0;
-  if ((mark = bitmaps_mark_in_use (img)) == -1)
-    return -1;
-  img->autoclear_features &= keep;
-  if (clear && header_update_features (img) == -1)
-    return -1;
-  if ((mark || clear) && file_sync (img->fd, IO_FLUSH) == -1)
+  if ((mark = bitmaps_mark_in_use (img)) == -1 || clear_autoclear (img, mark) == -1)
     return -1;
   img->first_write_done = true;
   return 0;

@@ -60,7 +60,6 @@
 #define QCOW_EXT_BACKING_FORMAT    0xe2792acaU
 #define QCOW_EXT_FEATURE_TABLE     0x6803f857U
 #define QCOW_EXT_BITMAPS           0x23852875U
-#define BME_TABLE_OFFSET_MASK      0x00fffffffffffe00ULL   /* bitmap table entry: data cluster */
 #define QCOW_EXT_CRYPTO            0x0537be77U
 #define QCOW_EXT_DATA_FILE         0x44415441U
 
@@ -80,6 +79,25 @@
 /* "Refcount table" */
 #define REFT_OFFSET_MASK           0xfffffffffffffe00ULL
 #define REFT_RESERVED_MASK         0x1ffULL
+
+/* "Bitmaps extension", "Bitmap directory", "Bitmap table"; the limits are QEMU's. */
+#define BITMAPS_EXT_SIZE           24
+#define BME_ENTRY_FIXED            24          /* directory entry bytes before extra data and name */
+#define BME_FLAG_IN_USE            (1u << 0)
+#define BME_FLAG_AUTO              (1u << 1)
+#define BME_FLAG_EXTRA_COMPAT      (1u << 2)
+#define BME_KNOWN_FLAGS            0x7u
+#define BME_TYPE_DIRTY             1
+#define BME_MIN_GRANULARITY_BITS   9
+#define BME_MAX_GRANULARITY_BITS   31
+#define BME_MAX_NAME_SIZE          1023
+#define BME_MAX_TABLE_SIZE         0x8000000u  /* entries of one bitmap table */
+#define BME_MAX_PHYS_SIZE          0x20000000u /* bytes of one bitmap's data */
+#define BME_MAX_BITMAPS            65535
+#define BME_MAX_DIR_SIZE           (1024u * BME_MAX_BITMAPS)
+#define BME_TABLE_OFFSET_MASK      0x00fffffffffffe00ULL   /* table entry: data cluster */
+#define BME_TABLE_RESERVED_MASK    0xff000000000001feULL
+#define BME_TABLE_ALL_ONES         1ULL
 
 /* "Snapshots": fixed part of a table entry. */
 #define SNAP_HDR_SIZE              40

@@ -125,6 +125,7 @@ read_extensions (struct rb_image *img, const uint8_t *buf, uint64_t start, uint6
     x = &img->exts[img->nr_exts];
     x->type = type;
     x->length = len;
+    x->file_offset = data;
     x->data = malloc (len + 1);
     if (!x->data)
       return rb_error (ENOMEM, "out of memory");

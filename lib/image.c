@@ -296,7 +296,9 @@ image_free (struct rb_image *img)
   free (img);
 }
 
-/* Flush twice (the second writes the refcounts the first released), close. */
+/* Flush twice (the second writes the refcounts the first released), store
+ * the live bitmaps (flush.c invariant 8), close.
+ */
 int
 rb_close (struct rb_image *img)
 {
@@ -305,7 +307,7 @@ rb_close (struct rb_image *img)
   if (!img)
     return 0;
   if (!img->readonly && !img->corrupt && !img->is_raw) {
-    if (rb_flush (img) == -1 || rb_flush (img) == -1)
+    if (rb_flush (img) == -1 || rb_flush (img) == -1 || bitmaps_close (img) == -1)
       r = -1;
   }
   image_free (img);

@@ -17,6 +17,8 @@
 /* ---- errors.c ---- */
 int rb_error (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 int rb_error_errno (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
+/* Pass a one-line warning to the function set with rb_set_warning_fn (or drop it). */
+void rb_warning (const char *fmt, ...) __attribute__((format (printf, 1, 2)));
 
 /* ---- fileio.c: every image I/O goes through here, tagged with its event ----
  * Tests inject faults with RBLOCK_FAULT=EVENT:ERRNO[:once|:always|:after=N]
@@ -25,7 +27,7 @@ int rb_error_errno (int err, const char *fmt, ...) __attribute__((format (printf
 enum io_event {
   IO_META_READ, IO_DATA_READ, IO_COW_READ, IO_DATA_WRITE, IO_L1_UPDATE,
   IO_L2_ALLOC, IO_L2_UPDATE, IO_REFBLOCK_ALLOC, IO_REFBLOCK_UPDATE,
-  IO_REFTABLE_GROW, IO_HEADER_UPDATE, IO_FLUSH, IO_CREATE, IO__MAX
+  IO_REFTABLE_GROW, IO_HEADER_UPDATE, IO_FLUSH, IO_CREATE, IO_BITMAP_WRITE, IO__MAX
 };
 int full_pread (int fd, void *buf, size_t count, uint64_t offset, enum io_event ev);
 int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev);
@@ -58,6 +60,7 @@ struct extension {
   uint32_t type;
   uint32_t length;
   uint8_t *data;
+  uint64_t file_offset;     /* of the data, in the header cluster */
 };
 struct feature_name {
   uint8_t group, bit;
@@ -144,6 +147,7 @@ void backing_close (struct rb_image *img);
 int flush_metadata (struct rb_image *img);   /* under meta_lock */
 int mark_dirty_l1 (struct rb_image *img, uint64_t l1_index);
 int prepare_first_write (struct rb_image *img);
+int clear_autoclear (struct rb_image *img, bool written);
 int mark_corrupt (struct rb_image *img, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 
 /* ---- overlap.c ---- */
@@ -152,20 +156,64 @@ int overlap_check (struct rb_image *img, uint64_t host_offset, uint64_t len,
                    enum overlap_kind kind);
 int refblocks_rebuild (struct rb_image *img);
 
-/* ---- bitmaps.c (persistent dirty bitmaps, see there) ---- */
+/* ---- bitmaps*.c: persistent dirty bitmaps (the rules are in bitmaps.c) ---- */
+struct bitmap_bits;         /* bitmaps-data.c: one bitmap's bits in memory */
+struct bitmap_track;        /* the bits every guest write sets (bitmaps-data.c) */
 struct bitmap {
+  char *name;               /* NUL-terminated copy of the name */
+  uint16_t name_size;
+  uint8_t type, granularity_bits;
+  uint32_t flags;           /* as on disk */
+  uint8_t *extra;           /* extra data, kept as it is */
+  uint32_t extra_size;
   uint64_t table_offset;
   uint32_t table_size;      /* entries */
-  uint32_t flags;
-  uint64_t dir_pos;         /* of its entry in the directory */
+  uint64_t dir_pos;         /* of its entry in img->bitmap_dir */
+  const char *unsupported;  /* why rblock cannot keep it up to date, or NULL */
+  struct bitmap_bits *bits; /* loaded (live, or changed by an operation), or NULL */
+  bool live;                /* tracking this session's writes: in use on disk meanwhile */
+  bool changed;             /* bits to store in new clusters at the next commit */
 };
-/* Load and validate the bitmap directory if the bitmaps autoclear bit is set.  0 / -1. */
-int bitmaps_open (struct rb_image *img);
-/* Set every bitmap's in_use flag and write the directory (the caller syncs).
- * 1 written, 0 nothing to do, -1 error.
+/* bitmaps.c */
+int bitmaps_open (struct rb_image *img);   /* load and validate the directory; 0 / -1 */
+/* Before the first write: load every enabled bitmap, mark it (and every
+ * bitmap rblock cannot keep) in use and write the directory in place (the
+ * caller syncs).  1 written, 0 nothing to do, -1 error.  Under meta_lock.
  */
 int bitmaps_mark_in_use (struct rb_image *img);
+int bitmaps_close (struct rb_image *img);  /* store live bitmaps, in_use cleared; 0 / -1 */
 void bitmaps_free (struct rb_image *img);
+struct bitmap *bitmap_find (struct rb_image *img, const char *name);
+uint64_t bitmap_bytes (struct rb_image *img, unsigned granularity_bits);  /* of data */
+/* bitmaps-data.c */
+void bitmaps_note_write (struct rb_image *img, uint64_t offset, uint64_t count);
+struct bitmap_bits *bits_new (struct rb_image *img, unsigned granularity_bits);
+void bits_free (struct bitmap_bits *bits);
+int bits_load (struct rb_image *img, const struct bitmap *b, struct bitmap_bits **out);
+int bits_table_read (struct rb_image *img, const struct bitmap *b, uint64_t **table);
+void bits_set (struct bitmap_bits *bits, uint64_t offset, uint64_t count);
+void bits_merge (struct bitmap_bits *dst, const struct bitmap_bits *src);
+void bits_clear (struct bitmap_bits *bits);
+uint64_t bits_dirty_bytes (const struct bitmap_bits *bits, uint64_t disk_size);
+typedef int (*bits_run_fn) (void *opaque, uint64_t offset, uint64_t length, bool dirty);
+int bits_runs (const struct bitmap_bits *bits, uint64_t disk_size, uint64_t offset, uint64_t count,
+               bits_run_fn fn, void *opaque);
+/* Serialize bitmap cluster i (cluster_size bytes); returns false if all zero. */
+bool bits_cluster (const struct bitmap_bits *bits, uint64_t i, uint64_t cluster_size, uint8_t *buf);
+int bitmaps_track_publish (struct rb_image *img);   /* under io_lock exclusive or first write */
+void bitmaps_track_free (struct rb_image *img);
+/* bitmaps-store.c */
+/* Store changed (and, if final, live) bitmaps into new clusters, write a new
+ * directory, switch the header extension to it, then free what the old
+ * directory used (and the entries in removed[0..nr_removed)).  Under
+ * meta_lock with io_lock exclusive.  0 / -1 (the old bitmaps stay valid).
+ */
+int bitmaps_commit (struct rb_image *img, bool final, const struct bitmap *removed,
+                    uint32_t nr_removed);
+/* bitmaps-ext.c: point the header's bitmaps extension at a directory of nb
+ * entries (adding the extension or, for nb 0, removing it), durably.
+ */
+int bitmaps_ext_switch (struct rb_image *img, uint32_t nb, uint64_t dir_size, uint64_t dir_offset);
 
 /* ---- lock.c ---- */
 int image_lock_file (struct rb_image *img, bool writable);
@@ -225,6 +273,7 @@ struct rb_image {
   uint64_t bitmap_dir_offset, bitmap_dir_size;
   struct bitmap *bitmaps;
   uint32_t nr_bitmaps;      /* 0: none, or invalidated (autoclear bit clear) */
+  struct bitmap_track *bm_track;  /* live bitmaps' bits; atomic pointer (bitmaps-data.c) */
 
   /* derived geometry */
   uint64_t cluster_size;

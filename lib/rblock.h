@@ -236,6 +236,58 @@ struct rb_stats {
 };
 void rb_get_stats (struct rb_image *img, struct rb_stats *st);
 
+/* ---- persistent dirty bitmaps (lib/bitmaps*.c; qcow2.txt "Bitmaps") ----
+ * Opened for writing, an image keeps its enabled bitmaps up to date: at the
+ * first write they are loaded and marked in use on disk, every write, zero
+ * and trim sets their bits, and rb_close stores them with in_use cleared.
+ * Disabled bitmaps are left alone.  A bitmap rblock cannot keep (unknown
+ * type, flags or extra data...) is marked in use with a warning instead.
+ * The operations below are crash-safe: the old or the new state survives.
+ */
+#define RB_BITMAP_IN_USE  0x1      /* on-disk flags */
+#define RB_BITMAP_AUTO    0x2      /* enabled: records writes */
+#define RB_BITMAP_NAME_MAX 1023
+
+struct rb_bitmap_info {
+  char name[RB_BITMAP_NAME_MAX + 1];
+  uint64_t granularity;            /* bytes per bit */
+  uint32_t flags;                  /* as on disk: RB_BITMAP_* and unknown bits */
+  unsigned type;                   /* 1: dirty tracking */
+  bool supported;                  /* rblock can read and keep it */
+  bool live;                       /* kept up to date by this open image (in use on disk meanwhile) */
+  bool have_count;                 /* dirty_bytes known: supported and (live or not in use) */
+  uint64_t dirty_bytes;            /* guest bytes marked dirty */
+};
+/* The image's bitmaps in directory order: *list is malloc'd (free it), *nr
+ * entries.  Returns 0 / -1.
+ */
+int rb_bitmap_list (struct rb_image *img, struct rb_bitmap_info **list, size_t *nr);
+/* Runs of bitmap `name` over [offset, offset+count) (clipped to the disk):
+ * fn (opaque, offset, length, dirty) in order; the live state if the
+ * bitmap is live.  A bitmap in use (and not live) is EBUSY, an unsupported
+ * one ENOTSUP, a missing one ENOENT.  Returns 0 / -1.
+ */
+typedef int (*rb_dirty_fn) (void *opaque, uint64_t offset, uint64_t length, bool dirty);
+int rb_bitmap_extents (struct rb_image *img, const char *name, uint64_t offset, uint64_t count,
+                       rb_dirty_fn fn, void *opaque);
+/* Add an empty bitmap (granularity 0: the cluster size within 4 KiB..64 KiB,
+ * as QEMU); enabled unless `disabled`.
+ */
+int rb_bitmap_add (struct rb_image *img, const char *name, uint64_t granularity, bool disabled);
+int rb_bitmap_remove (struct rb_image *img, const char *name);
+int rb_bitmap_clear (struct rb_image *img, const char *name);
+int rb_bitmap_enable (struct rb_image *img, const char *name, bool enabled);
+/* Set in `name` every range dirty in src_name of src (src may be img). */
+int rb_bitmap_merge (struct rb_image *img, const char *name,
+                     struct rb_image *src, const char *src_name);
+
+/* ---- warnings ----
+ * lib/ never prints: one-line warnings (e.g. a bitmap marked in use that
+ * rblock cannot keep) go to this function (process-wide; NULL drops them).
+ */
+typedef void (*rb_warning_fn) (void *opaque, const char *message);
+void rb_set_warning_fn (rb_warning_fn fn, void *opaque);
+
 /* ---- create ---- */
 enum rb_preallocation {            /* qemu-img's preallocation= */
   RB_PREALLOC_OFF = 0,             /* nothing allocated */

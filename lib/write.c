@@ -396,6 +396,7 @@ rb_pwrite (struct rb_image *img, const void *buf, uint64_t count, uint64_t offse
     return -1;
   pthread_rwlock_rdlock (&img->io_lock);
   r = write_locked (img, buf, count, offset);
+  bitmaps_note_write (img, offset, count);      /* invariant 8 */
   pthread_rwlock_unlock (&img->io_lock);
   if (r == 0 && (flags & RB_FUA))
     r = fua_flush (img);
@@ -541,6 +542,7 @@ rb_zero (struct rb_image *img, uint64_t count, uint64_t offset, unsigned flags)
     return rb_error (ENOTSUP, "fast zero is not possible: version 2 image with a backing file");
   pthread_rwlock_rdlock (&img->io_lock);
   r = zero_locked (img, count, offset, flags, false);
+  bitmaps_note_write (img, offset, count);      /* invariant 8 */
   pthread_rwlock_unlock (&img->io_lock);
   if (r == 0 && (flags & RB_FUA))
     r = fua_flush (img);
@@ -560,11 +562,11 @@ rb_trim (struct rb_image *img, uint64_t count, uint64_t offset, unsigned flags)
   /* Whole clusters only; partial ones are left as they are. */
   start = ROUND_UP (offset, cs);
   end = offset + count == img->size ? img->size : ROUND_DOWN (offset + count, cs);
-  if (end > start) {
-    pthread_rwlock_rdlock (&img->io_lock);
+  pthread_rwlock_rdlock (&img->io_lock);
+  if (end > start)
     r = zero_locked (img, end - start, start, RB_MAY_TRIM, true);
-    pthread_rwlock_unlock (&img->io_lock);
-  }
+  bitmaps_note_write (img, offset, count);      /* invariant 8: the whole range, as QEMU */
+  pthread_rwlock_unlock (&img->io_lock);
   if (r == 0 && (flags & RB_FUA))
     r = fua_flush (img);
   count_stat (img, &img->stats.trims, &img->stats.trim_bytes, count);

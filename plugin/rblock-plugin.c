@@ -104,6 +104,15 @@ rblock_config_complete (void)
   "rpc=tcp:HOST:PORT|unix:PATH    Also serve JSON-RPC 2.0 on this socket.\n" \
   "rpc-writable=true              Allow JSON-RPC write and flush."
 
+/* The engine's warnings (e.g. a bitmap it cannot keep, marked in use):
+ * nbdkit 1.32 has no warning call, and nbdkit_debug is silent without -v.
+ */
+static void
+warn (void *opaque, const char *msg)
+{
+  nbdkit_error ("warning: %s", msg);
+}
+
 /* Open the image once, before serving, so bad images fail at start-up.
  * Read-only: nbdkit does not tell a plugin about -r or read-only filters
  * until .open, so write access (QEMU's write lock, a dirty image's repair)
@@ -115,6 +124,7 @@ rblock_get_ready (void)
   struct rb_open_opts o = { .cache_size = cache_size, .snapshot = snapshot,
                             .flags = RB_OPEN_RDONLY };
 
+  rb_set_warning_fn (warn, NULL);
   img = rb_open (filename, &o);
   if (!img) {
     nbdkit_error ("%s", rb_errmsg ());

@@ -28,7 +28,8 @@ usage (void)
            "       rb-tool create IMG SIZE [cluster_size [version [refcount_bits]]]\n"
            "       rb-tool random IMG DIR SEED NOPS   random I/O; DIR/mirror is the raw model;\n"
            "                                  DIR/flushed the model at the last flush;\n"
-           "                                  DIR/dirty the ranges touched since\n"
+           "                                  DIR/dirty the ranges touched since;\n"
+           "                                  DIR/touched every range written, zeroed or trimmed\n"
            "       rb-tool verify IMG DIR     image equals DIR/flushed outside DIR/dirty\n");
   exit (1);
 }
@@ -121,7 +122,7 @@ random_workload (const char *path, const char *dir, unsigned seed, long nops)
   uint64_t size = rb_get_size (img), cs = rb_get_cluster_size (img);
   size_t maxbuf = 4 << 20;
   char *buf = malloc (maxbuf), *buf2 = malloc (maxbuf), p[4096];
-  FILE *dirty;
+  FILE *dirty, *touched;
   int fd;
   long i;
 
@@ -134,7 +135,9 @@ random_workload (const char *path, const char *dir, unsigned seed, long nops)
   copy_file (dir, "mirror", "flushed");
   snprintf (p, sizeof p, "%s/dirty", dir);
   dirty = fopen (p, "w");
-  if (!dirty) {
+  snprintf (p, sizeof p, "%s/touched", dir);
+  touched = fopen (p, "w");
+  if (!dirty || !touched) {
     perror (p);
     return 2;
   }
@@ -156,6 +159,8 @@ random_workload (const char *path, const char *dir, unsigned seed, long nops)
     if (op < 8) {
       fprintf (dirty, "%" PRIu64 " %" PRIu64 "\n", off, len);
       fflush (dirty);
+      fprintf (touched, "%" PRIu64 " %" PRIu64 "\n", off, len);
+      fflush (touched);
     }
     if (op < 5) {
       uint64_t j;
@@ -205,6 +210,7 @@ random_workload (const char *path, const char *dir, unsigned seed, long nops)
     die ("close");
   copy_file (dir, "mirror", "flushed");
   fclose (dirty);
+  fclose (touched);
   close (fd);
   return 0;
 }
