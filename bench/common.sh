@@ -2,9 +2,9 @@
 # Helpers for the benchmarks: servers on Unix sockets, timing, ratios.  Sourced, not run.
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=${RB_BUILD:-$top}
+build=${RB_BUILD:-$top/build}
 plugin="$build/rblock.so"
-[ -e "$plugin" ] || { echo "no $plugin: build first (bash scripts/setup.sh) or set RB_BUILD"; exit 2; }
+[ -e "$plugin" ] || { echo "no $plugin: build first (bash scripts/setup.sh build) or set RB_BUILD"; exit 2; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/rblock-bench.XXXXXX")
 trap 'stop_server; rm -rf "$work"' EXIT
 SERVER_PID=

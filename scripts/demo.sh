@@ -4,9 +4,10 @@
 # "Hello, world!" at guest cluster 3 over NBD, then follow the mapping L1 -> L2 -> host by hand.
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bash "$top/scripts/setup.sh"
+bash "$top/scripts/setup.sh" "$top/build"
+plugin="$top/build/rblock.so"
 
-demo=$(mktemp -d /tmp/rblock-demo.XXXXXX)
+demo=$(mktemp -d "${TMPDIR:-/tmp}/rblock-demo.XXXXXX")
 sock="$demo/nbd.sock"
 uri="nbd+unix:///?socket=$sock"
 trap 'kill "$(cat "$demo/nbdkit.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
@@ -19,8 +20,10 @@ be32 () { od -An -tu4 --endian=big -j "$2" -N 4 "$1" | tr -d ' '; }
 echo
 echo "== 1. a 64 MiB qcow2 image (64 KiB clusters), served by nbdkit ./rblock.so"
 qemu-img create -q -f qcow2 "$demo/disk.qcow2" 64M
-nbdkit -U "$sock" -P "$demo/nbdkit.pid" "$top/rblock.so" file="$demo/disk.qcow2"
-for i in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+nbdkit -U "$sock" -P "$demo/nbdkit.pid" "$plugin" file="$demo/disk.qcow2"
+# nbdkit returns once its socket listens; its pidfile follows (bounded, generous wait).
+for i in $(seq 600); do [ -s "$demo/nbdkit.pid" ] && break; sleep 0.1; done
+[ -s "$demo/nbdkit.pid" ] || { echo "nbdkit wrote no pidfile in 60 s"; exit 1; }
 nbdinfo "$uri" | grep -E 'export-size|is_read_only|can_multi_conn|can_extents|block_size_preferred'
 
 echo
@@ -29,8 +32,11 @@ nbdsh -u "$uri" -c 'h.pwrite(b"Hello, world!", 3 * 65536); h.flush()'
 nbdsh -u "$uri" -c 'print("read back:", h.pread(13, 3 * 65536).decode())'
 nbdinfo --map "$uri"
 
-kill "$(cat "$demo/nbdkit.pid")"
-for i in $(seq 50); do [ -e "$sock" ] || break; sleep 0.1; done
+pid=$(cat "$demo/nbdkit.pid")
+kill "$pid"
+# Gone means the image is closed, flushed and unlocked (bounded, generous wait).
+for i in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$pid" 2>/dev/null || { echo "nbdkit did not exit in 60 s"; exit 1; }
 
 echo
 echo "== 3. the image is valid for QEMU"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
-# Installs the Debian packages of .ci/packages (when missing) and builds rblock: in the source
-# tree by default, or in BUILD_DIR (a VPATH build) when one is given: setup.sh [BUILD_DIR]
+# Installs the Debian packages of .ci/packages (when missing) and builds rblock in build/ (a
+# VPATH build; or in BUILD_DIR: setup.sh [BUILD_DIR]).  scripts/demo.sh and .ci/run both build
+# here, so they work in either order and share one build.
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${1:-$top/build}
+mkdir -p "$build"
+build=$(cd "$build" && pwd)
 cd "$top"
 
 mapfile -t pkgs < <(grep -v -e '^#' -e '^[[:space:]]*$' .ci/packages)
@@ -16,21 +20,29 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Another apt-get or dpkg may hold the lock (a busy machine): wait for it, bounded.
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+  $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A source tree configured in place (./configure run in it) cannot host a VPATH build:
+# clean it (make distclean keeps the sources, removes what configure and make made).
+if [ "$build" != "$top" ] && [ -f "$top/config.status" ]; then
+  echo "== the source tree was configured in place: make distclean there, so that $build can be configured"
+  make -s -C "$top" distclean >/dev/null 2>&1 || rm -f "$top/config.status" "$top/config.h" "$top/Makefile"
 fi
 
 if [ ! -x configure ] || [ configure.ac -nt configure ]; then
   echo "== autoreconf"
   autoreconf -fi >/dev/null
 fi
-build=${1:-.}
-mkdir -p "$build"
 cd "$build"
 if [ ! -f config.status ]; then
   echo "== configure ($build)"
-  "$top/configure" -q ${RB_CONFIGURE_FLAGS:-}
+  # configure is called by a relative path: automake refuses a source directory whose name
+  # has a space in it, and the path of the checkout may have one.
+  "$(realpath --relative-to=. "$top")/configure" -q ${RB_CONFIGURE_FLAGS:-}
 fi
 echo "== make"
 make -j"$(nproc)" >/dev/null
-echo "== built: $(pwd)/rblock.so and $(pwd)/utils/"
+echo "== built: $build/rblock.so and $build/utils/"

@@ -7,11 +7,15 @@
 load helpers
 
 setup_file () {
+  # configure --disable-vm-tests (make distcheck): no network there to fetch the kernel.
+  [ "${RB_VM_TESTS:-yes}" != no ] || return 0
   export RB_VM_DIR
   RB_VM_DIR=$(RB_VM_CACHE="${RB_VM_CACHE:-$top_builddir/tests/vm-cache}" bash "$top_srcdir/tests/vm/build.sh")
 }
 
 setup () {
+  [ "${RB_VM_TESTS:-yes}" != no ] ||
+    skip "VM suites disabled by configure --disable-vm-tests (they download a Debian kernel)"
   T="$BATS_TEST_TMPDIR"
 }
 
