@@ -192,15 +192,19 @@ check_output () {
   [ -z "$(ls -A "$T" | grep '\.tmp\.' || true)" ]
 }
 
-@test "rb-convert: -p shows bytes, rate and ETA on a terminal, nothing when not a terminal" {
+@test "rb-convert: -p shows bytes, rate and ETA on a terminal, done/total lines when not a terminal" {
+  local size
   make_source
+  size=$(stat -c %s "$T/src.raw")
   run script -qec "$RB_CONVERT -p $T/src.raw $T/p.qcow2" /dev/null
   [ "$status" -eq 0 ]
   [[ "$output" == *"100.0%"*"MiB"*"/s"*"ETA"* ]]
+  [[ "$output" != *"$size/$size"* ]]
   qemu-img compare "$T/src.raw" "$T/p.qcow2"
   run "$RB_CONVERT" -p "$T/src.raw" "$T/q.qcow2"
   [ "$status" -eq 0 ]
-  [ -z "$output" ]
+  [ "${lines[0]}" = "0/$size" ] && [ "${lines[-1]}" = "$size/$size" ]
+  qemu-img compare "$T/src.raw" "$T/q.qcow2"
 }
 
 @test "rb-convert -O raw onto an NBD export: the export then reads exactly as the qcow2 (old data cleared)" {

@@ -3,10 +3,13 @@
  */
 #include <config.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -76,13 +79,71 @@ now (void)
   return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* --progress=fd:N: the descriptor for "done/total" lines, -1 if not given. */
+int progress_fd = -1;
+
+int
+progress_set_fd (const char *arg)
+{
+  char *end;
+  long n;
+
+  if (strncmp (arg, "fd:", 3) != 0 || !isdigit ((unsigned char) arg[3]))
+    return -1;
+  errno = 0;
+  n = strtol (arg + 3, &end, 10);
+  if (errno || *end || n > INT_MAX || fcntl ((int) n, F_GETFD) == -1)
+    return -1;
+  progress_fd = n;
+  return 0;
+}
+
+/* Write the line "done/total" to p->fd.  A reader that went away (EPIPE) or
+ * any other error ends the lines, never the program: SIGPIPE is blocked
+ * around the write and a pending one is taken back.
+ */
+static void
+progress_line (struct progress *p)
+{
+  char line[48];
+  sigset_t pipe_set, old;
+  const struct timespec zero = { 0, 0 };
+  size_t n, off = 0;
+  ssize_t r = 0;
+
+  n = snprintf (line, sizeof line, "%" PRIu64 "/%" PRIu64 "\n", p->done, p->total);
+  sigemptyset (&pipe_set);
+  sigaddset (&pipe_set, SIGPIPE);
+  pthread_sigmask (SIG_BLOCK, &pipe_set, &old);
+  while (off < n) {
+    r = write (p->fd, line + off, n - off);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    off += r;
+  }
+  if (off < n) {
+    if (errno == EPIPE)
+      sigtimedwait (&pipe_set, NULL, &zero);
+    p->fd = -1;
+  }
+  pthread_sigmask (SIG_SETMASK, &old, NULL);
+}
+
 void
 progress_init (struct progress *p, bool wanted, uint64_t total)
 {
-  p->on = wanted && isatty (2);
   p->total = total;
   p->done = 0;
   p->start = p->last = now ();
+  /* The bar on a terminal; lines on --progress=fd:N, or on stderr when it
+   * is not a terminal.
+   */
+  p->on = wanted && progress_fd < 0 && isatty (2);
+  p->fd = !wanted || p->on ? -1 : progress_fd >= 0 ? progress_fd : 2;
+  if (p->fd >= 0)
+    progress_line (p);
 }
 
 static void
@@ -102,6 +163,14 @@ progress_update (struct progress *p, uint64_t done)
   char a[32], b[32], r[32];
 
   p->done = done;
+  if (p->fd >= 0) {
+    /* A line a second at most: a wrapper reads them, nobody watches them. */
+    if (t - p->last >= 1.0) {
+      p->last = t;
+      progress_line (p);
+    }
+    return;
+  }
   if (!p->on || t - p->last < 0.2)
     return;
   p->last = t;
@@ -117,6 +186,10 @@ progress_update (struct progress *p, uint64_t done)
 void
 progress_end (struct progress *p)
 {
+  if (p->fd >= 0) {
+    p->done = p->total;
+    progress_line (p);
+  }
   if (p->on) {
     p->last = 0;
     progress_update (p, p->total);

@@ -28,12 +28,20 @@ void die_writer (struct rb_writer *w, const char *prefix) __attribute__((noretur
 /* True if the n bytes at p are all zero. */
 bool all_zero (const void *p, size_t n);
 
-/* Progress on stderr when it is a terminal (or forced): bytes, rate, ETA. */
+/* Progress (-p): a bar on stderr when it is a terminal (bytes, rate, ETA);
+ * otherwise lines "done/total" (bytes; "0/total" first, "total/total" at
+ * the end, at most one a second between) on --progress=fd:N, or on stderr.
+ */
 struct progress {
-  bool on;
+  bool on;                         /* the bar */
+  int fd;                          /* the lines, -1 if none */
   uint64_t total, done;
   double start, last;
 };
+/* --progress=fd:N (set by the option parser), -1 if not given. */
+extern int progress_fd;
+/* Parse "fd:N" (N an open descriptor) into progress_fd.  0 / -1. */
+int progress_set_fd (const char *arg);
 void progress_init (struct progress *p, bool wanted, uint64_t total);
 void progress_update (struct progress *p, uint64_t done);
 void progress_end (struct progress *p);

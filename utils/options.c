@@ -28,7 +28,7 @@ static const struct {
   { OPT_OUTPUT, "", { "output", required_argument, NULL, CODE_OUTPUT } },
   { OPT_OUTPUT, "j", { "json", no_argument, NULL, 'j' } },
   { OPT_CREATE, "o:", { "options", required_argument, NULL, 'o' } },
-  { OPT_PROGRESS, "p", { "progress", no_argument, NULL, 'p' } },
+  { OPT_PROGRESS, "p", { "progress", optional_argument, NULL, 'p' } },
   { OPT_QUIET, "q", { "quiet", no_argument, NULL, 'q' } },
   { 0, "h", { "help", no_argument, NULL, 'h' } },
   { 0, "V", { "version", no_argument, NULL, 'V' } },
@@ -153,6 +153,9 @@ cmdline_next (struct cmdline *cl, int argc, char **argv)
       if (!(cl->shared & OPT_PROGRESS))
         return c;
       cl->progress = true;
+      /* --progress=fd:N (-p takes no value). */
+      if (optarg && progress_set_fd (optarg) == -1)
+        cmdline_die (cl, "--progress=%s: expected fd:N with N an open file descriptor", optarg);
       break;
     case 'q':
       if (!(cl->shared & OPT_QUIET))

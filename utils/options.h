@@ -25,7 +25,8 @@
  *   OPT_SHARE     -U, --force-share     open readers without QEMU's locks
  *   OPT_OUTPUT    --output=human|json, --json, -j        (cl.json)
  *   OPT_CREATE    -o key=value,...      qemu-img's creation options (cl.create), repeatable
- *   OPT_PROGRESS  -p, --progress
+ *   OPT_PROGRESS  -p, --progress[=fd:N]   a bar on a terminal, else "done/total" lines
+ *                                         (on fd N, or stderr): see struct progress
  *   OPT_QUIET     -q, --quiet
  */
 

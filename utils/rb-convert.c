@@ -37,7 +37,7 @@ usage (FILE *f, int status)
 "                           then be an NBD URI (a qcow2 restored onto an export)\n"
 "  -f, --format raw|qcow2   SOURCE's format: do not probe it\n"
 "  -U, --force-share        open SOURCE without locks (an image in use by a VM)\n"
-"  -p, --progress           show progress on a terminal\n"
+"  -p, --progress[=fd:N]   a bar on a terminal, else done/total lines (on fd N)\n"
 "      --force              overwrite OUTPUT if it exists (qemu-img convert always does)\n"
 "      --no-sync            skip the fsync before the rename (faster, like qemu-img\n"
 "                           convert's default cache=unsafe; a power failure may then\n"

@@ -40,7 +40,7 @@ usage (FILE *f, int status)
 "                           extended_l2, refcount_bits, lazy_refcounts (-o help)\n"
 "  -f, --format raw|qcow2   BASE's and NEW's format: do not probe them\n"
 "  -U, --force-share        open qcow2 inputs without locks (images in use by a VM)\n"
-"  -p, --progress           show progress on a terminal\n"
+"  -p, --progress[=fd:N]   a bar on a terminal, else done/total lines (on fd N)\n"
 "      --force              overwrite OUTPUT if it exists\n"
 "  -h, --help / -V, --version\n"
 "\n"

@@ -39,7 +39,7 @@ usage (FILE *f, int status)
 "  -F raw|qcow2             B's format (as qemu-img compare -F)\n"
 "  -U, --force-share        open qcow2 inputs without locks (images in use by a VM)\n"
 "  -S, --sector-size N      sector size, a power of two from 512 to 1M (default 512)\n"
-"  -p, --progress           show progress on standard error when it is a terminal\n"
+"  -p, --progress[=fd:N]   a bar on a terminal, else done/total lines (on fd N)\n"
 "      --size-mismatch=changed|zero-tail\n"
 "                           inputs of different sizes: every sector of the longer\n"
 "                           input's tail counts as changed (changed, the default),\n"
