@@ -162,6 +162,8 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   pthread_rwlockattr_destroy (&attr);
   pthread_mutex_init (&img->meta_lock, NULL);
   pthread_mutex_init (&img->stats_lock, NULL);
+  if ((flags & RB_OPEN_CACHE_NONE) && pagecache_init (img) == -1)
+    goto err;
 
   img->path = strdup (path);
   tmp = strdup (path);
@@ -199,6 +201,7 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
     rb_error_errno (errno, "%s", path);
     goto err;
   }
+  pagecache_new_fd (img);
   for (i = 0; i < ids->n; i++)
     if (ids->dev[i] == st.st_dev && ids->ino[i] == st.st_ino) {
       rb_error (ELOOP, "backing chain loop: %s is already in the chain", path);
@@ -283,6 +286,7 @@ image_free (struct rb_image *img)
   cache_free (img->rb_cache);
   header_free (img);
   bitmaps_free (img);
+  pagecache_free (img);
   free (img->l1);
   free (img->l1_dirty);
   free (img->reftable);
@@ -364,6 +368,7 @@ make_writable_locked (struct rb_image *img, int fd)
    */
   old = img->fd;
   img->fd = fd;
+  pagecache_new_fd (img);
   if (!img->no_lock)
     image_unlock_fd (old);
   close (old);

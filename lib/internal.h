@@ -130,6 +130,15 @@ int read_compressed (struct rb_image *img, uint64_t l2_entry, void *buf,
                      uint64_t in_cluster, uint64_t len);
 int read_locked (struct rb_image *img, void *buf, uint64_t count, uint64_t offset);
 
+/* ---- pagecache.c (RB_OPEN_CACHE_NONE) ---- */
+struct pagecache;
+int pagecache_init (struct rb_image *img);
+void pagecache_free (struct rb_image *img);
+void pagecache_new_fd (struct rb_image *img);
+void pagecache_evict_read (struct rb_image *img, uint64_t host_offset, uint64_t count);
+/* Every guest data write goes through here (full_pwrite with IO_DATA_WRITE). */
+int data_pwrite (struct rb_image *img, const void *buf, uint64_t count, uint64_t host_offset);
+
 /* ---- check.c ---- */
 int check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags);
 
@@ -236,6 +245,7 @@ struct rb_image {
                                meta_lock); read it unlocked with rb_is_readonly */
   const char *ro_reason;    /* why rb_make_writable must refuse, NULL if it may upgrade */
   bool no_lock;             /* opened with RB_OPEN_NO_LOCK */
+  struct pagecache *pagecache;  /* RB_OPEN_CACHE_NONE, else NULL */
   dev_t dev;                /* of the file, to recognise it when reopening */
   ino_t ino;
   bool is_raw;              /* a raw backing file (only in a chain) */

@@ -20,6 +20,7 @@ data_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t host_offse
             enum io_event ev)
 {
   char *p = buf;
+  uint64_t start = host_offset, len = count;
 
   if (fault_check (ev) == -1)
     return -1;
@@ -32,12 +33,13 @@ data_pread (struct rb_image *img, void *buf, uint64_t count, uint64_t host_offse
     }
     if (r == 0) {
       memset (p, 0, count);
-      return 0;
+      break;
     }
     p += r;
     count -= r;
     host_offset += r;
   }
+  pagecache_evict_read (img, start, len);
   return 0;
 }
 

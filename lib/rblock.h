@@ -27,12 +27,21 @@ int rb_errno (void);               /* errno that went with it */
 /* Record an error the same way (for the layers above: RPC, utilities).  Returns -1. */
 int rb_error (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 
+/* What persistent dirty bitmaps get from writes (the plugin's --dump-plugin
+ * prints it as rblock_bitmaps=): "maintained" = writes set their bits and
+ * close stores them (bitmaps.c); "in-use" would be: kept, marked in use and
+ * not updated.
+ */
+#define RB_BITMAPS_MODE "maintained"
+
 /* ---- open / close ---- */
 #define RB_OPEN_RDONLY    0x1      /* never write to the image */
 #define RB_OPEN_NO_LOCK   0x2      /* do not take QEMU-compatible OFD locks */
 #define RB_OPEN_NO_BACKING 0x4     /* do not open the backing chain (reads of
                                       unallocated clusters see zeros) */
 #define RB_OPEN_RAW       0x8      /* a raw file (never probed): reads and extents only */
+#define RB_OPEN_CACHE_NONE 0x10    /* keep guest data out of the host page cache
+                                      (as nbdkit's file plugin cache=none; not O_DIRECT) */
 
 struct rb_open_opts {
   unsigned flags;                  /* RB_OPEN_* */

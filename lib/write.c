@@ -231,7 +231,7 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
    * the L2 entry that exposes it; the cache writes L2 tables only after a sync.
    */
   if (overlap_check (img, host + wfrom, wto - wfrom, OV_DATA) == -1 ||
-      full_pwrite (img->fd, buf + wfrom, wto - wfrom, host + wfrom, IO_DATA_WRITE) == -1) {
+      data_pwrite (img, buf + wfrom, wto - wfrom, host + wfrom) == -1) {
     if (fresh)
       release_unused (img, host, 1);
     goto err;
@@ -295,7 +295,7 @@ write_whole_clusters (struct rb_image *img, uint64_t guest_offset, uint64_t nr, 
     goto out_err;
   /* Invariant 2: data first; the cached L2 entries change after. */
   if (overlap_check (img, host, nr << img->cluster_bits, OV_DATA) == -1 ||
-      full_pwrite (img->fd, data, nr << img->cluster_bits, host, IO_DATA_WRITE) == -1) {
+      data_pwrite (img, data, nr << img->cluster_bits, host) == -1) {
     release_unused (img, host, nr);
     goto out_err;
   }
@@ -346,7 +346,7 @@ write_locked (struct rb_image *img, const void *buf, uint64_t count, uint64_t of
       pthread_mutex_unlock (&img->meta_lock);
       if (ret == -1)
         return -1;
-      if (full_pwrite (img->fd, p, r.length, r.host_offset, IO_DATA_WRITE) == -1)
+      if (data_pwrite (img, p, r.length, r.host_offset) == -1)
         return -1;
       n = r.length;
     }

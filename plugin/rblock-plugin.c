@@ -17,13 +17,20 @@
 
 #include "rblock.h"
 #include "rpc.h"
+#include "util.h"
 
 static char *filename;              /* file= */
-static uint64_t cache_size;         /* cache= */
+static uint64_t metadata_cache;     /* metadata-cache= (or the old cache=SIZE) */
+static bool cache_none;             /* cache=none */
 static bool readonly_param;         /* readonly=true */
 static char *snapshot;              /* snapshot= */
 static char *rpc_listen;            /* rpc= */
 static bool rpc_writable;           /* rpc-writable=true */
+
+/* nbdkit 1.32 refuses reads and writes over 64 MiB (MAX_REQUEST_SIZE in its
+ * server/internal.h) with ENOMEM: the maximum block size we advertise.
+ */
+#define MAX_REQUEST (64u << 20)
 
 static struct rb_image *img;        /* one engine for every connection */
 static struct rpc_server *rpc;
@@ -55,11 +62,23 @@ rblock_config (const char *key, const char *value)
     if (!filename)
       return -1;
   }
-  else if (strcmp (key, "cache") == 0) {
+  else if (strcmp (key, "cache") == 0 &&
+           (strcmp (value, "none") == 0 || strcmp (value, "default") == 0))
+    cache_none = strcmp (value, "none") == 0;
+  else if (strcmp (key, "cache") == 0 && !(value[0] >= '0' && value[0] <= '9')) {
+    nbdkit_error ("cache=%s: expected default or none (the metadata cache size is "
+                  "metadata-cache=SIZE)", value);
+    return -1;
+  }
+  else if (strcmp (key, "metadata-cache") == 0 || strcmp (key, "cache") == 0) {
     int64_t sz = nbdkit_parse_size (value);
     if (sz < 0)
       return -1;
-    cache_size = sz;
+    if (key[0] == 'c')
+      nbdkit_error ("warning: cache=%s: a size here is deprecated, use metadata-cache=%s "
+                    "(cache= is the page cache mode, as in nbdkit's file plugin: "
+                    "default or none)", value, value);
+    metadata_cache = sz;
   }
   else if (strcmp (key, "readonly") == 0) {
     if ((r = nbdkit_parse_bool (value)) == -1)
@@ -98,7 +117,8 @@ rblock_config_complete (void)
 
 #define rblock_config_help \
   "file=<FILENAME>     (required) The qcow2 image to serve.\n" \
-  "cache=<SIZE>                   L2/refcount cache size (default 32M).\n" \
+  "metadata-cache=<SIZE>          L2/refcount cache size (default 32M).\n" \
+  "cache=default|none             none: keep guest data out of the page cache.\n" \
   "readonly=true                  Open the image read-only (as nbdkit -r).\n" \
   "snapshot=<ID|NAME>             Serve an internal snapshot, read-only.\n" \
   "rpc=tcp:HOST:PORT|unix:PATH    Also serve JSON-RPC 2.0 on this socket.\n" \
@@ -113,6 +133,27 @@ warn (void *opaque, const char *msg)
   nbdkit_error ("warning: %s", msg);
 }
 
+/* nbdkit rblock --dump-plugin: what this build serves, one key=value a line
+ * (as nbdkit's own plugins print theirs).
+ */
+static void
+rblock_dump_plugin (void)
+{
+  printf ("rblock_qcow2_versions=2,3\n");
+  printf ("rblock_zlib=yes\n");
+  printf ("rblock_zstd=yes\n");
+  printf ("rblock_extended_l2=yes\n");
+  printf ("rblock_refcount_bits=1,2,4,8,16,32,64\n");
+  printf ("rblock_backing=qcow2,raw\n");
+  printf ("rblock_snapshot=read-only\n");
+  printf ("rblock_bitmaps=%s\n", RB_BITMAPS_MODE);
+  printf ("rblock_encryption=no\n");
+  printf ("rblock_external_data_file=no\n");
+  printf ("rblock_rpc=yes\n");
+  printf ("rblock_cache_none=yes\n");
+  printf ("rblock_max_request=%u\n", MAX_REQUEST);
+}
+
 /* Open the image once, before serving, so bad images fail at start-up.
  * Read-only: nbdkit does not tell a plugin about -r or read-only filters
  * until .open, so write access (QEMU's write lock, a dirty image's repair)
@@ -121,8 +162,8 @@ warn (void *opaque, const char *msg)
 static int
 rblock_get_ready (void)
 {
-  struct rb_open_opts o = { .cache_size = cache_size, .snapshot = snapshot,
-                            .flags = RB_OPEN_RDONLY };
+  struct rb_open_opts o = { .cache_size = metadata_cache, .snapshot = snapshot,
+                            .flags = RB_OPEN_RDONLY | (cache_none ? RB_OPEN_CACHE_NONE : 0) };
 
   rb_set_warning_fn (warn, NULL);
   img = rb_open (filename, &o);
@@ -221,8 +262,35 @@ rblock_block_size (void *handle, uint32_t *minimum, uint32_t *preferred, uint32_
 
   *minimum = 1;
   *preferred = cs < 4096 ? 4096 : cs > (32u << 20) ? (32u << 20) : cs;
-  *maximum = 0xffffffff;
+  *maximum = MAX_REQUEST;
   return 0;
+}
+
+/* "qcow2 v3 (compat 1.1), virtual size 1073741824 bytes, cluster size 65536;
+ * backing: /a/base.qcow2 (qcow2), /a/base.raw (raw)": the description nbdinfo
+ * shows (the backing files as opened, top first).
+ * Returns an interned string, NULL (no description) on error.
+ */
+static const char *
+rblock_export_description (void *handle)
+{
+  CLEANUP_FREE struct rb_info *info = malloc (sizeof *info);
+  char buf[4096];              /* NBD_MAX_STRING */
+  size_t len;
+  unsigned i;
+
+  if (!info || rb_get_info (img, info) == -1)
+    return NULL;
+  len = snprintf (buf, sizeof buf, "qcow2 v%u (compat %s), virtual size %" PRIu64
+                  " bytes, cluster size %u%s", info->version,
+                  info->version >= 3 ? "1.1" : "0.10", info->virtual_size,
+                  info->cluster_size, info->extended_l2 ? ", extended L2" : "");
+  if (snapshot && len < sizeof buf)
+    len += snprintf (buf + len, sizeof buf - len, ", internal snapshot %s", snapshot);
+  for (i = 0; i < info->chain_depth && len < sizeof buf; i++)
+    len += snprintf (buf + len, sizeof buf - len, "%s%s (%s)", i ? ", " : "; backing: ",
+                     info->chain[i].path, info->chain[i].format);
+  return nbdkit_strdup_intern (buf);
 }
 
 static int
@@ -369,6 +437,7 @@ static struct nbdkit_plugin plugin = {
   .config_complete   = rblock_config_complete,
   .config_help       = rblock_config_help,
   .magic_config_key  = "file",
+  .dump_plugin       = rblock_dump_plugin,
   .get_ready         = rblock_get_ready,
   .after_fork        = rblock_after_fork,
   .cleanup           = rblock_cleanup,
@@ -376,6 +445,7 @@ static struct nbdkit_plugin plugin = {
   .close             = rblock_close,
   .get_size          = rblock_get_size,
   .block_size        = rblock_block_size,
+  .export_description = rblock_export_description,
   .can_write         = rblock_can_write,
   .can_flush         = rblock_can_true,
   .can_trim          = rblock_can_true,

@@ -36,6 +36,12 @@ nbdkit_debug (const char *fs, ...)
 {
 }
 
+const char *
+nbdkit_strdup_intern (const char *str)
+{
+  return str;
+}
+
 char *
 nbdkit_realpath (const char *path)
 {
