@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
-# rb-convert vs qemu-img convert -O qcow2 on a source that is about half random data in
-# scattered 1 MiB extents and half zeros (written zeros and holes).  SIZE_MB=... to change it.
+# rb-convert vs qemu-img convert on a source that is about half random data in scattered
+# 1 MiB extents and half zeros (written zeros and holes), rounds interleaved A/B.
+# SIZE_MB=... RUNS=... ; TMPDIR=... picks the file system (source and outputs on it).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 mb=${SIZE_MB:-1024}
-runs=${RUNS:-3}
+runs=${RUNS:-5}
 conv="$build/utils/rb-convert"
 
-echo "making a $mb MiB source: random 1 MiB extents, written zeros and holes..."
+echo "making a $mb MiB source in $work ($(stat -f -c %T "$work")): random 1 MiB extents, written zeros and holes..."
 truncate -s "${mb}M" "$work/src.raw"
 awk -v n="$mb" 'BEGIN { srand(42); for (i = 0; i < n; i++) { r = rand(); print i, (r < 0.5 ? "data" : r < 0.75 ? "zero" : "hole") } }' |
 while read -r i kind; do
@@ -27,18 +28,53 @@ rm -f "$work/rand"
 sync
 cat "$work/src.raw" > /dev/null     # both tools read from the page cache
 
+# timed OUT CMD...: run CMD once (OUT removed and everything synced first, outside the
+# timing); prints "wall cpu" in seconds.
+timed () {
+  local out=$1; shift
+  rm -f "$out"; sync
+  { TIMEFORMAT='%R %U %S'; time "$@" > /dev/null 2> "$work/err"; } 2> "$work/time" ||
+    { echo "failed: $*" >&2; cat "$work/err" >&2; exit 2; }
+  awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' "$work/time"
+}
+
+# median: of the numbers on stdin
+median () { sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# compare LABEL RB_ARGS -- QEMU_ARGS: RUNS interleaved rounds of rb-convert and qemu-img
+# convert (the order alternating); medians of wall and CPU time, and the median of the
+# rounds' speed ratios (qemu-img time / rb-convert time, > 1: rb-convert faster).
+compare () {
+  local label=$1 r q i; shift
+  local rb_args=() qi_args=()
+  while [ "$1" != -- ]; do rb_args+=("$1"); shift; done; shift
+  qi_args=("$@")
+  : > "$work/rb.t"; : > "$work/qi.t"
+  for i in $(seq "$runs"); do
+    if [ $((i % 2)) = 1 ]; then
+      timed "$work/rb.out" "$conv" "${rb_args[@]}" "$work/src.raw" "$work/rb.out" >> "$work/rb.t"
+      timed "$work/qi.out" qemu-img convert "${qi_args[@]}" "$work/src.raw" "$work/qi.out" >> "$work/qi.t"
+    else
+      timed "$work/qi.out" qemu-img convert "${qi_args[@]}" "$work/src.raw" "$work/qi.out" >> "$work/qi.t"
+      timed "$work/rb.out" "$conv" "${rb_args[@]}" "$work/src.raw" "$work/rb.out" >> "$work/rb.t"
+    fi
+  done
+  qemu-img compare -q "$work/src.raw" "$work/rb.out"
+  qemu-img compare -q "$work/rb.out" "$work/qi.out"
+  printf '%-34s rb-convert %ss (cpu %ss)  qemu-img %ss (cpu %ss)  speed ratio %s (rounds %s)\n' "$label" \
+    "$(cut -d' ' -f1 "$work/rb.t" | median)" "$(cut -d' ' -f2 "$work/rb.t" | median)" \
+    "$(cut -d' ' -f1 "$work/qi.t" | median)" "$(cut -d' ' -f2 "$work/qi.t" | median)" \
+    "$(paste -d' ' "$work/qi.t" "$work/rb.t" | awk '{ print $1 / $3 }' | median)" \
+    "$(paste -d' ' "$work/qi.t" "$work/rb.t" | awk '{ printf "%.2f ", $1 / $3 }' | sed 's/ $//')"
+}
+
+echo "$mb MiB, half data, $runs rounds, medians (times exclude removing the old output and a sync):"
 # Same durability on both sides: qemu-img convert's default is cache=unsafe (no flush at
 # all), which rb-convert --no-sync matches; rb-convert's default syncs before the rename,
 # which qemu-img convert -t writeback (flush at the end) matches.
-rb () { rm -f "$work/rb.qcow2"; sync; "$conv" "$@" "$work/src.raw" "$work/rb.qcow2"; }
-qi () { rm -f "$work/qi.qcow2"; sync; qemu-img convert "$@" -O qcow2 "$work/src.raw" "$work/qi.qcow2"; }
-r=$(best_of "$runs" rb --no-sync); q=$(best_of "$runs" qi)
-qemu-img compare -q "$work/rb.qcow2" "$work/qi.qcow2"
-printf 'convert %d MiB (half data), no flush:  rb-convert --no-sync %ss  qemu-img convert %ss  speed ratio %s\n' \
-  "$mb" "$r" "$q" "$(ratio "$r" "$q")"
-r=$(best_of "$runs" rb); q=$(best_of "$runs" qi -t writeback)
-printf 'convert %d MiB (half data), durable:   rb-convert %ss  qemu-img convert -t writeback %ss  speed ratio %s\n' \
-  "$mb" "$r" "$q" "$(ratio "$r" "$q")"
-printf 'output size: rb-convert %d bytes (%d KiB on disk)  qemu-img %d bytes (%d KiB on disk)\n' \
-  "$(stat -c %s "$work/rb.qcow2")" "$(du -k "$work/rb.qcow2" | cut -f1)" \
-  "$(stat -c %s "$work/qi.qcow2")" "$(du -k "$work/qi.qcow2" | cut -f1)"
+compare "to qcow2, no flush:" --no-sync -- -O qcow2
+compare "to qcow2, durable:" -- -t writeback -O qcow2
+printf 'qcow2 output size: rb-convert %d bytes (%d KiB on disk)  qemu-img %d bytes (%d KiB on disk)\n' \
+  "$(stat -c %s "$work/rb.out")" "$(du -k "$work/rb.out" | cut -f1)" \
+  "$(stat -c %s "$work/qi.out")" "$(du -k "$work/qi.out" | cut -f1)"
+compare "to raw, no flush:" -O raw --no-sync -- -O raw

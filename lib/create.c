@@ -267,6 +267,8 @@ rb_writer_new (const char *path, const struct rb_create_opts *opts, bool overwri
 }
 
 static uint8_t *l2_slot (struct rb_writer *w, uint64_t gc);
+static int run_check (struct rb_writer *w, uint64_t gc, uint64_t nr);
+static int run_map (struct rb_writer *w, uint64_t gc, uint64_t nr, uint64_t host);
 
 /* Store nr consecutive guest clusters of data from gc on with one write
  * (no compression, no extended L2: the common case of a conversion).
@@ -282,11 +284,46 @@ rb_writer_put_run (struct rb_writer *w, uint64_t gc, const void *data, uint64_t 
         return -1;
     return 0;
   }
-  if (gc + nr > DIV_ROUND_UP (w->o.size, w->cs) || (w->any && gc <= w->last_gc))
-    return rb_error (EINVAL, "writer: clusters %" PRIu64 "+%" PRIu64 " out of order or range", gc, nr);
+  if (run_check (w, gc, nr) == -1)
+    return -1;
   host = ROUND_UP (w->next, w->cs);
   if (full_pwrite (w->fd, data, nr * w->cs, host, IO_DATA_WRITE) == -1)
     return -1;
+  return run_map (w, gc, nr, host);
+}
+
+/* The same with the bytes copied in the kernel from fd (see rblock.h). */
+int
+rb_writer_copy_run (struct rb_writer *w, uint64_t gc, int fd, uint64_t src_offset, uint64_t len)
+{
+  uint64_t nr = DIV_ROUND_UP (len, w->cs), host;
+
+  if (w->compress || w->o.extended_l2)
+    return rb_error (ENOTSUP, "writer: copies need plain clusters (no compression, no extended L2)");
+  if (len == 0 || run_check (w, gc, nr) == -1)
+    return len ? -1 : 0;
+  host = ROUND_UP (w->next, w->cs);
+  /* The rest of a partial last cluster is past the end of the file so far: it reads as zeros. */
+  if (full_copy_range (fd, src_offset, w->fd, host, len, IO_DATA_WRITE) == -1)
+    return -1;
+  return run_map (w, gc, nr, host);
+}
+
+/* 0 if clusters [gc, gc+nr) may be stored next, else -1 (EINVAL). */
+static int
+run_check (struct rb_writer *w, uint64_t gc, uint64_t nr)
+{
+  if (gc + nr > DIV_ROUND_UP (w->o.size, w->cs) || (w->any && gc <= w->last_gc))
+    return rb_error (EINVAL, "writer: clusters %" PRIu64 "+%" PRIu64 " out of order or range", gc, nr);
+  return 0;
+}
+
+/* Point clusters [gc, gc+nr) at the host clusters from host on, whose data is written. */
+static int
+run_map (struct rb_writer *w, uint64_t gc, uint64_t nr, uint64_t host)
+{
+  uint64_t i;
+
   for (i = 0; i < nr; i++) {
     uint8_t *e = l2_slot (w, gc + i);
     if (!e || ref_cluster (w, host / w->cs + i) == -1)

@@ -86,16 +86,23 @@ fault_check (enum io_event ev)
 static int iolog_fd = -2;
 static pthread_mutex_t iolog_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* True if writes are being logged (the log opened on first use). */
+static bool
+iolog_on (void)
+{
+  if (iolog_fd == -2) {
+    const char *p = getenv ("RBLOCK_IOLOG");
+    iolog_fd = p ? open (p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
+  }
+  return iolog_fd >= 0;
+}
+
 static void
 iolog (char kind, const void *buf, uint64_t count, uint64_t offset)
 {
   uint8_t h[17];
 
-  if (iolog_fd == -2) {
-    const char *p = getenv ("RBLOCK_IOLOG");
-    iolog_fd = p ? open (p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
-  }
-  if (iolog_fd < 0)
+  if (!iolog_on ())
     return;
   h[0] = kind;
   put_be64 (h + 1, offset);
@@ -174,6 +181,36 @@ full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_eve
   if (fault_check (ev) == -1)
     return -1;
   return logged_pwrite (fd, buf, count, offset);
+}
+
+/* copy_file_range until count bytes are copied (see internal.h). */
+int
+full_copy_range (int fd_in, uint64_t in_offset, int fd, uint64_t offset, size_t count,
+                 enum io_event ev)
+{
+  loff_t in = in_offset, out = offset;
+  bool first = true;
+
+  if (fault_check (ev) == -1)
+    return -1;
+  if (iolog_on ())
+    return rb_error (ENOTSUP, "copy_file_range: the replay log needs the bytes");
+  while (count > 0) {
+    ssize_t r = copy_file_range (fd_in, &in, fd, &out, count, 0);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1 && first && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS ||
+                             errno == EINVAL || errno == EBADF))
+      return rb_error (ENOTSUP, "copy_file_range: %s", strerror (errno));
+    if (r == -1)
+      return rb_error_errno (errno, "write at host offset %" PRIu64, (uint64_t) out);
+    if (r == 0)
+      return rb_error (EIO, "copy_file_range: end of input at offset %" PRIu64
+                       " (did it shrink?)", (uint64_t) in);
+    first = false;
+    count -= r;
+  }
+  return 0;
 }
 
 /* fdatasync, retried on EINTR.  Returns 0 / -1. */

@@ -31,6 +31,13 @@ enum io_event {
 };
 int full_pread (int fd, void *buf, size_t count, uint64_t offset, enum io_event ev);
 int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev);
+/* count bytes from fd_in at in_offset to fd at offset with copy_file_range
+ * (in the kernel; a reflink where the file system shares extents).  0, or
+ * -1 with the error recorded; ENOTSUP (nothing written) when the kernel
+ * cannot copy between these files or a replay log needs the bytes.
+ */
+int full_copy_range (int fd_in, uint64_t in_offset, int fd, uint64_t offset, size_t count,
+                     enum io_event ev);
 int file_sync (int fd, enum io_event ev);
 int fault_check (enum io_event ev);   /* 0, or -1 with the injected error recorded */
 int file_size (int fd, uint64_t *size);   /* regular file or block device */

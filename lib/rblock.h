@@ -337,6 +337,15 @@ int rb_writer_put (struct rb_writer *w, uint64_t guest_cluster, const void *data
                    uint32_t alloc_mask, uint32_t zero_mask);
 /* nr consecutive data clusters with one write (no compression, no extended L2). */
 int rb_writer_put_run (struct rb_writer *w, uint64_t guest_cluster, const void *data, uint64_t nr);
+/* The same, the len bytes (nr = len rounded up to clusters; the rest of the
+ * last cluster reads as zeros) copied in the kernel from fd, a regular file,
+ * at src_offset with copy_file_range: the data does not pass through user
+ * space, and a file system that shares extents may not copy it at all.
+ * -1 with ENOTSUP and nothing stored when the kernel cannot copy between
+ * these files (another file system, a block device...): use rb_writer_put_run.
+ */
+int rb_writer_copy_run (struct rb_writer *w, uint64_t guest_cluster, int fd, uint64_t src_offset,
+                        uint64_t len);
 /* Do not fsync in rb_writer_finish (faster; a power failure may then leave
  * an incomplete file).
  */

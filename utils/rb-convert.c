@@ -1,21 +1,25 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
- * rb-convert: a raw file, block device or qcow2 chain to a new qcow2 (or raw) image, in one pass.
+ * rb-convert: a raw file, block device or qcow2 chain to a new qcow2 (or raw) image, or onto an existing disk.
  */
 #include <config.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "target.h"
 
 const char *progname = "rb-convert";
 
 #define CHUNK (4u << 20)
+
+/* Long-only options. */
+enum { OPT_COMPAT = 0x100, OPT_REFCOUNT_BITS, OPT_FORCE, OPT_NO_SYNC, OPT_TARGET_IS_ZERO };
 
 static void __attribute__((noreturn))
 usage (FILE *f, int status)
@@ -35,11 +39,21 @@ usage (FILE *f, int status)
 "  -O, --output-format qcow2|raw\n"
 "                           raw: a sparse raw copy of the guest view; OUTPUT may\n"
 "                           then be an NBD URI (a qcow2 restored onto an export)\n"
+"  -n, --no-create          write onto an existing OUTPUT (a block device, a raw\n"
+"                           file or a qcow2 image, at least as large as SOURCE) in\n"
+"                           place: what is not data in SOURCE is zeroed there.\n"
+"                           NOT ATOMIC: a failure leaves OUTPUT partly written.\n"
+"                           Without -O a block device is written raw, a file as\n"
+"                           qcow2 if it is one, else raw\n"
+"      --target-is-zero     with -n: OUTPUT already reads as zeros; skip zeroing\n"
+"  -S, --sparse-size SIZE   zeros found in runs of SIZE bytes (a multiple of 512;\n"
+"                           default 4K; qcow2: whole clusters) are not written;\n"
+"                           0 writes every byte, holes included\n"
 "  -f, --format raw|qcow2   SOURCE's format: do not probe it\n"
 "  -U, --force-share        open SOURCE without locks (an image in use by a VM)\n"
 "  -p, --progress[=fd:N]   a bar on a terminal, else done/total lines (on fd N)\n"
 "      --force              overwrite OUTPUT if it exists (qemu-img convert always does)\n"
-"      --no-sync            skip the fsync before the rename (faster, like qemu-img\n"
+"      --no-sync            skip the fsync at the end (faster, like qemu-img\n"
 "                           convert's default cache=unsafe; a power failure may then\n"
 "                           leave an incomplete OUTPUT)\n"
 "  -h, --help / -V, --version\n"
@@ -49,15 +63,17 @@ usage (FILE *f, int status)
 "  %s -c 2M -z zstd -p disk.raw disk.qcow2\n"
 "  %s -O raw overlay.qcow2 flat.raw\n"
 "  %s -U -o cluster_size=2M,compat=0.10 /var/lib/vm/running.qcow2 copy.qcow2\n"
+"  %s -n backup.qcow2 /dev/vg/vm-disk             # restore onto a disk\n"
 "\n"
-"Exit status: 0 done, 1 usage error, 2 failure (OUTPUT is then not created).\n",
-           progname, progname, progname, progname, progname);
+"Exit status: 0 done, 1 usage error, 2 failure (a new OUTPUT is then not created).\n",
+           progname, progname, progname, progname, progname, progname);
   exit (status);
 }
 
 struct extent { uint64_t off, len; };
 struct extents { struct extent *v; size_t n, alloc; };
 
+/* source_extents callback: collect the data extents, merged. */
 static int
 collect (void *opaque, uint64_t off, uint64_t len, int kind)
 {
@@ -81,27 +97,266 @@ collect (void *opaque, uint64_t off, uint64_t len, int kind)
   return 0;
 }
 
-/* Write all len bytes at off (short writes continued; a write of nothing
- * means a full file system).  0, or -1 with errno set.
+/* One stretch of the guest disk, as the scanner found it. */
+struct run {
+  uint64_t off, len;               /* len: bytes inside the source */
+  uint64_t whole;                  /* len rounded up to units (new qcow2: whole clusters) */
+  const uint8_t *p;                /* the bytes (whole bytes), data runs only */
+  bool zero;
+};
+
+/* A chunk handed from the scanner to the writing (main) thread. */
+#define NR_SLOTS 4
+struct slot {
+  bool ready;                      /* filled by the scanner, not yet done by main */
+  bool last;                       /* nothing after this one */
+  uint64_t end;                    /* guest offset reached (progress) */
+  struct run *runs;
+  size_t nr_runs, max_runs;
+  uint8_t *buf;                    /* a read chunk (CHUNK bytes), or NULL */
+  struct source_window win;        /* a mapped chunk */
+  char msg[1024];                  /* the scanner failed: why (the slot is last) */
+};
+
+/* One conversion. */
+struct convert {
+  struct source *src;
+  struct target t;
+  const struct extents *ext;
+  uint64_t unit;                   /* zero-detection unit: the cluster, or -S */
+  bool sparse;                     /* look for zeros (not -S 0) */
+  struct progress prog;
+  pthread_mutex_t lock;            /* protects the slots' ready flags */
+  pthread_cond_t cond;
+  struct slot slots[NR_SLOTS];
+  unsigned fill;                   /* scanner: next slot to fill (mod NR_SLOTS) */
+  struct slot *cur;                /* scanner: the slot being filled */
+  char end_msg[1024];              /* scanner: a window found changed at the end */
+};
+
+/* Die with the last message, the target aborted (a new OUTPUT removed). */
+static void __attribute__((noreturn))
+fail (struct convert *cv)
+{
+  char msg[1024];
+
+  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  target_abort (&cv->t);
+  die (EXIT_TROUBLE, "%s", msg);
+}
+
+/* ---- the scanner thread: reads (or maps) the data and finds the zeros ---- */
+
+/* Scanner: the next free slot, its old window released (a window that
+ * shows the source changed is an error).  0 / -1.
  */
 static int
-pwrite_full (int fd, const uint8_t *buf, size_t len, uint64_t off)
+slot_take (struct convert *cv)
 {
-  while (len > 0) {
-    ssize_t r = pwrite (fd, buf, len, off);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r == -1)
-      return -1;
-    if (r == 0) {
-      errno = ENOSPC;
-      return -1;
-    }
-    buf += r;
-    len -= r;
-    off += r;
+  struct slot *sl = &cv->slots[cv->fill++ % NR_SLOTS];
+
+  pthread_mutex_lock (&cv->lock);
+  while (sl->ready)
+    pthread_cond_wait (&cv->cond, &cv->lock);
+  pthread_mutex_unlock (&cv->lock);
+  cv->cur = sl;
+  sl->nr_runs = 0;
+  sl->last = false;
+  sl->msg[0] = '\0';
+  return source_unmap (cv->src, &sl->win);
+}
+
+/* Scanner: hand the current slot to main. */
+static void
+slot_give (struct convert *cv, uint64_t end)
+{
+  cv->cur->end = end;
+  pthread_mutex_lock (&cv->lock);
+  cv->cur->ready = true;
+  pthread_cond_broadcast (&cv->cond);
+  pthread_mutex_unlock (&cv->lock);
+  cv->cur = NULL;
+}
+
+/* Scanner: append a run to the current slot, merged with the previous one
+ * when it is of the same kind and contiguous.
+ */
+static void
+add_run (struct convert *cv, uint64_t off, uint64_t len, uint64_t whole, const uint8_t *p, bool zero)
+{
+  struct slot *sl = cv->cur;
+  struct run *r = sl->nr_runs ? &sl->runs[sl->nr_runs - 1] : NULL;
+
+  if (r && r->zero == zero && r->off + r->whole == off &&
+      (zero || r->p + r->whole == p)) {
+    r->len = off + len - r->off;
+    r->whole += whole;
+    return;
   }
+  sl->runs[sl->nr_runs++] = (struct run) { off, len, whole, p, zero };
+}
+
+/* Scanner: chunk [pos, pos+n) (whole units; avail bytes of it inside the
+ * source) into the current slot: mapped where the source is a file (the
+ * page cache, nothing copied), else read and padded with zeros; then cut
+ * into runs of zero and non-zero units.  0 / -1.
+ */
+static int
+scan_chunk (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail)
+{
+  struct slot *sl = cv->cur;
+  const uint8_t *p = avail == n ? source_map (cv->src, pos, n, &sl->win) : NULL;
+  uint64_t k;
+
+  if (!p) {
+    if (!sl->buf && !(sl->buf = aligned_alloc (4096, ROUND_UP_U64 (MAX_U64 (CHUNK, cv->unit), 4096))))
+      return rb_error (ENOMEM, "out of memory");
+    if (source_pread (cv->src, sl->buf, avail, pos) == -1)
+      return -1;
+    memset (sl->buf + avail, 0, n - avail);
+    p = sl->buf;
+  }
+  for (k = 0; k < n; k += cv->unit)
+    add_run (cv, pos + k, MIN_U64 (cv->unit, avail - MIN_U64 (k, avail)), cv->unit, p + k,
+             cv->sparse && all_zero (p + k, cv->unit));
   return 0;
+}
+
+/* Scanner: a zero run [off, off+len) that needs no bytes. */
+static int
+scan_gap (struct convert *cv, uint64_t off, uint64_t len)
+{
+  if (len == 0)
+    return 0;
+  add_run (cv, off, len, len, NULL, true);
+  return 0;
+}
+
+/* The scanner thread: the data extents in order, chunk by chunk, each in a
+ * slot, with the gaps between them as zero runs.  Its failure travels in the
+ * last slot.
+ */
+static void *
+scanner (void *opaque)
+{
+  struct convert *cv = opaque;
+  const struct extents *ext = cv->ext;
+  uint64_t size = cv->src->size, done_to = 0, chunk = MAX_U64 (CHUNK / cv->unit, 1) * cv->unit;
+  size_t i;
+  int r = slot_take (cv);
+
+  for (i = 0; r == 0 && i < ext->n; i++) {
+    /* Whole units around the extent; one shared with the previous extent is done. */
+    uint64_t pos = MAX_U64 (ext->v[i].off / cv->unit * cv->unit, done_to);
+    uint64_t end = ROUND_UP_U64 (ext->v[i].off + ext->v[i].len, cv->unit);
+
+    r = scan_gap (cv, done_to, pos - done_to);
+    while (r == 0 && pos < end) {
+      uint64_t n = MIN_U64 (chunk, end - pos);
+      r = scan_chunk (cv, pos, n, MIN_U64 (n, size - pos));
+      pos += n;
+      if (r == 0) {
+        slot_give (cv, MIN_U64 (pos, size));
+        r = slot_take (cv);
+      }
+    }
+    done_to = MAX_U64 (done_to, end);
+  }
+  if (r == 0 && done_to < size)
+    r = scan_gap (cv, done_to, size - done_to);
+  if (r == -1)
+    snprintf (cv->cur->msg, sizeof cv->cur->msg, "%s", rb_errmsg ());
+  cv->cur->last = true;
+  slot_give (cv, size);
+  return NULL;
+}
+
+/* Main, after the scanner ended: release the windows and buffers.  -1 if a
+ * window shows the source changed.
+ */
+static int
+release_windows (struct convert *cv)
+{
+  unsigned i;
+  int r = 0;
+
+  for (i = 0; i < NR_SLOTS; i++) {
+    if (source_unmap (cv->src, &cv->slots[i].win) == -1)
+      r = -1;
+    free (cv->slots[i].buf);
+    free (cv->slots[i].runs);
+  }
+  return r;
+}
+
+/* ---- the writing (main) thread ---- */
+
+/* Store a data run: copied in the kernel from a file where the target can,
+ * else written from memory (whole units to a new qcow2, the source's bytes
+ * to the others).  0 / -1.
+ */
+static int
+put_data (struct convert *cv, const struct run *r)
+{
+  int c = cv->t.can_copy ? target_copy (&cv->t, cv->src, r->off, r->len) : 1;
+
+  if (c != 1)
+    return c;
+  return target_write (&cv->t, r->p, r->off, cv->t.w ? r->whole : r->len);
+}
+
+/* Main: take the slots in order and do their runs, while the scanner fills
+ * the next ones.
+ */
+static void
+convert_all (struct convert *cv)
+{
+  uint64_t max_runs = MAX_U64 (CHUNK / cv->unit, 1) + 2;
+  pthread_t th;
+  unsigned i;
+  int err;
+
+  pthread_mutex_init (&cv->lock, NULL);
+  pthread_cond_init (&cv->cond, NULL);
+  for (i = 0; i < NR_SLOTS; i++) {
+    cv->slots[i].max_runs = max_runs;
+    cv->slots[i].runs = calloc (max_runs, sizeof (struct run));
+    if (!cv->slots[i].runs)
+      die (EXIT_TROUBLE, "out of memory");
+  }
+  err = pthread_create (&th, NULL, scanner, cv);
+  if (err)
+    die (EXIT_TROUBLE, "cannot start a thread: %s", strerror (err));
+  for (i = 0;; i++) {
+    struct slot *sl = &cv->slots[i % NR_SLOTS];
+    size_t k;
+    bool last;
+
+    pthread_mutex_lock (&cv->lock);
+    while (!sl->ready)
+      pthread_cond_wait (&cv->cond, &cv->lock);
+    pthread_mutex_unlock (&cv->lock);
+    for (k = 0; k < sl->nr_runs; k++) {
+      const struct run *r = &sl->runs[k];
+      if ((r->zero ? target_zero (&cv->t, r->off, r->len) : put_data (cv, r)) == -1)
+        fail (cv);
+    }
+    if (sl->msg[0]) {
+      rb_error (EIO, "%s", sl->msg);
+      fail (cv);
+    }
+    progress_update (&cv->prog, sl->end);
+    last = sl->last;
+    pthread_mutex_lock (&cv->lock);
+    sl->ready = false;
+    pthread_cond_broadcast (&cv->cond);
+    pthread_mutex_unlock (&cv->lock);
+    if (last)
+      break;
+  }
+  pthread_join (th, NULL);
+  if (release_windows (cv) == -1)
+    fail (cv);
 }
 
 int
@@ -109,191 +364,136 @@ main (int argc, char **argv)
 {
   static const struct option longopts[] = {
     { "cluster-size", required_argument, NULL, 'c' },
-    { "compat", required_argument, NULL, 'C' },
-    { "refcount-bits", required_argument, NULL, 'R' },
+    { "compat", required_argument, NULL, OPT_COMPAT },
+    { "refcount-bits", required_argument, NULL, OPT_REFCOUNT_BITS },
     { "compress", required_argument, NULL, 'z' },
     { "output-format", required_argument, NULL, 'O' },
-    { "force", no_argument, NULL, 'F' },
-    { "no-sync", no_argument, NULL, 'S' },
+    { "no-create", no_argument, NULL, 'n' },
+    { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
+    { "sparse-size", required_argument, NULL, 'S' },
+    { "force", no_argument, NULL, OPT_FORCE },
+    { "no-sync", no_argument, NULL, OPT_NO_SYNC },
     { NULL, 0, NULL, 0 },
   };
   struct cmdline cl = {
-    .shortopts = "c:z:O:", .longopts = longopts, .usage = usage,
+    .shortopts = "c:z:O:nS:", .longopts = longopts, .usage = usage,
     .shared = OPT_FORMAT | OPT_SHARE | OPT_PROGRESS | OPT_CREATE,
   };
   struct rb_create_opts o = { 0 };
-  bool compress = false, force = false, raw_out = false, sync = true;
+  bool compress = false, force = false, no_create = false, target_is_zero = false, sync = true;
+  bool raw_out;
+  const char *format = NULL, *input, *output, *tmp = NULL;
   struct extents ext = { 0 };
-  struct progress prog;
-  struct source *src;
-  struct rb_writer *w = NULL;
-  struct sink *sink = NULL;
-  const char *tmp;
-  uint8_t *buf;
-  uint64_t cs, max_clusters = 0, done = 0, size_now, last_gc = UINT64_MAX;
+  struct convert cv = { .sparse = true, .t.fd = -1 };
+  uint64_t sparse_size = 4096, max_clusters = 0, size_now;
   int64_t v;
   size_t i;
-  int c, out_fd = -1;
+  int c;
 
   while ((c = cmdline_next (&cl, argc, argv)) != -1) {
     switch (c) {
     case 'c': o.cluster_size = parse_cluster_size_opt (optarg); break;
-    case 'C': o.version = parse_compat_opt (optarg); break;
-    case 'R':
+    case OPT_COMPAT: o.version = parse_compat_opt (optarg); break;
+    case OPT_REFCOUNT_BITS:
       v = parse_size (optarg);
       if (v < 1 || v > 64 || (v & (v - 1)))
-        die (EXIT_USAGE, "--refcount-bits: '%s' is not 1, 2, 4, 8, 16, 32 or 64", optarg);
+        cmdline_die (&cl, "--refcount-bits: '%s' is not 1, 2, 4, 8, 16, 32 or 64", optarg);
       o.refcount_bits = v;
       break;
     case 'z':
       compress = true;
       if (strcmp (optarg, "zlib") == 0) o.compression_type = 0;
       else if (strcmp (optarg, "zstd") == 0) o.compression_type = 1;
-      else die (EXIT_USAGE, "--compress: '%s' is neither zlib nor zstd", optarg);
+      else cmdline_die (&cl, "--compress: '%s' is neither zlib nor zstd", optarg);
       break;
     case 'O':
-      if (strcmp (optarg, "raw") == 0) raw_out = true;
-      else if (strcmp (optarg, "qcow2") != 0)
-        die (EXIT_USAGE, "--output-format: '%s' is neither qcow2 nor raw", optarg);
+      if (strcmp (optarg, "raw") != 0 && strcmp (optarg, "qcow2") != 0)
+        cmdline_die (&cl, "--output-format: '%s' is neither qcow2 nor raw", optarg);
+      format = optarg;
       break;
-    case 'F': force = true; break;
-    case 'S': sync = false; break;
+    case 'n': no_create = true; break;
+    case OPT_TARGET_IS_ZERO: target_is_zero = true; break;
+    case 'S':
+      v = parse_size (optarg);
+      if (v < 0 || v % 512 || v > (16 << 20))
+        cmdline_die (&cl, "--sparse-size: '%s' is not 0 or a multiple of 512 up to 16M", optarg);
+      sparse_size = v;
+      cv.sparse = v > 0;
+      break;
+    case OPT_FORCE: force = true; break;
+    case OPT_NO_SYNC: sync = false; break;
     default: usage (stderr, EXIT_USAGE);
     }
   }
   if (argc - optind != 2)
     usage (stderr, EXIT_USAGE);
+  input = argv[optind];
+  output = argv[optind + 1];
+  raw_out = format && strcmp (format, "raw") == 0;
   create_options_apply (&cl, &o, CO_CLUSTER_SIZE | CO_COMPAT | CO_REFCOUNT_BITS |
                         CO_LAZY_REFCOUNTS | CO_COMPRESSION);
   if (raw_out && (compress || o.cluster_size || o.version || o.refcount_bits || cl.create.given))
-    die (EXIT_USAGE, "qcow2 options make no sense with -O raw");
-
-  src = source_open (argv[optind], source_flags_for (&cl, cl.format));
-  if (!src)
-    die_rb ();
-  if (source_is_uri (argv[optind + 1])) {
-    /* Onto an NBD export (restore): raw only, the export's old data replaced. */
+    cmdline_die (&cl, "qcow2 options make no sense with -O raw");
+  if (source_is_uri (output) && !no_create) {
+    /* Onto an NBD export (restore): raw only, in place as with -n. */
     if (!raw_out)
-      die (EXIT_USAGE, "%s: an NBD URI output needs -O raw", argv[optind + 1]);
-    sink = sink_open (argv[optind + 1]);
-    if (!sink)
-      die_rb ();
-    if (sink_size (sink) < src->size)
-      die (EXIT_TROUBLE, "%s: the export (%" PRIu64 " bytes) is smaller than %s (%" PRIu64 " bytes)",
-           argv[optind + 1], sink_size (sink), argv[optind], src->size);
-    tmp = NULL;
+      cmdline_die (&cl, "%s: an NBD URI output needs -O raw", output);
+    no_create = true;
   }
-  else
-    tmp = output_prepare (argv[optind + 1], force, &src, 1);
+  if (no_create && (compress || o.cluster_size || o.version || o.refcount_bits ||
+                    cl.create.given || force))
+    cmdline_die (&cl, "-n writes into an existing OUTPUT: -c, --compat, --refcount-bits, -o, -z "
+                 "and --force do not apply");
+  if (target_is_zero && !no_create)
+    cmdline_die (&cl, "--target-is-zero needs -n (a new OUTPUT reads as zeros anyway)");
 
-  /* As QEMU: a guest disk is whole 512-byte sectors; a ragged tail reads as zeros. */
-  o.size = ROUND_UP_U64 (src->size, 512);
-  cs = raw_out ? 65536 : (o.cluster_size ? o.cluster_size : 65536);   /* zero-detection unit */
-  if (source_extents (src, 0, src->size, collect, &ext) == -1)
+  cv.src = source_open (input, source_flags_for (&cl, cl.format));
+  if (!cv.src)
     die_rb ();
-  for (i = 0; i < ext.n; i++)
-    max_clusters += (ext.v[i].off + ext.v[i].len - 1) / cs - ext.v[i].off / cs + 1;
-
-  if (sink) {
-    /* Everything that is not data reads as zeros on the export afterwards. */
-    uint64_t at = 0;
-    for (i = 0; i <= ext.n; i++) {
-      uint64_t next = i < ext.n ? ext.v[i].off : src->size;
-      if (next > at && sink_zero (sink, next - at, at) == -1)
-        die_rb ();
-      if (i < ext.n)
-        at = ext.v[i].off + ext.v[i].len;
-    }
-  }
-  else if (raw_out) {
-    out_fd = open (tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (out_fd == -1 || ftruncate (out_fd, src->size) == -1)
-      die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], strerror (errno));
+  /* As QEMU: a guest disk is whole 512-byte sectors; a ragged tail reads as zeros. */
+  o.size = ROUND_UP_U64 (cv.src->size, 512);
+  if (no_create) {
+    if (target_open_existing (&cv.t, output, format, cv.src->size, cv.src) == -1)
+      fail (&cv);
+    cv.t.reads_zero = target_is_zero;
   }
   else {
-    w = rb_writer_new (tmp, &o, false, max_clusters, compress);
-    if (!w)
-      die_rb ();
-    if (!sync)
-      rb_writer_no_sync (w);
+    tmp = output_prepare (output, force, &cv.src, 1);
+    if (raw_out && target_new_raw (&cv.t, output, tmp, cv.src->size) == -1)
+      fail (&cv);
   }
+  /* Zeros are found in whole clusters of a qcow2 output, in -S runs otherwise. */
+  if (!no_create && !raw_out)
+    cv.unit = o.cluster_size ? o.cluster_size : 65536;
+  else
+    cv.unit = cv.t.cluster_size ? cv.t.cluster_size : sparse_size ? sparse_size : 65536;
 
-  buf = aligned_alloc (4096, ROUND_UP_U64 (CHUNK + cs, 4096));
-  if (!buf)
-    die (EXIT_TROUBLE, "out of memory");
-  progress_init (&prog, cl.progress, src->size);
-  for (i = 0; i < ext.n; i++) {
-    /* Whole clusters around the extent, in chunks. */
-    uint64_t pos = ext.v[i].off / cs * cs;
-    uint64_t end = ext.v[i].off + ext.v[i].len;
-    while (pos < end) {
-      uint64_t n = MIN_U64 (CHUNK, ROUND_UP_U64 (end, cs) - pos), k;
-      uint64_t avail = MIN_U64 (n, src->size - pos);
-      if (pos / cs == last_gc) {          /* shared with the previous extent: done */
-        pos += cs;
-        continue;
-      }
-      if (source_pread (src, buf, avail, pos) == -1) {
-        if (w) rb_writer_abort (w);
-        die_rb ();
-      }
-      memset (buf + avail, 0, n - avail);
-      for (k = 0; k < n; ) {
-        /* A run of non-zero clusters goes out in one write. */
-        uint64_t gc = (pos + k) / cs, run = 0;
-        while (k + run * cs < n && gc + run != last_gc &&
-               !all_zero (buf + k + run * cs, MIN_U64 (cs, n - k - run * cs)))
-          run++;
-        if (run == 0) {
-          /* A zero cluster: nothing to store, but an export must be cleared. */
-          if (sink && gc != last_gc && pos + k < src->size &&
-              sink_zero (sink, MIN_U64 (cs, src->size - (pos + k)), pos + k) == -1)
-            die_rb ();
-          k += cs;
-          continue;
-        }
-        last_gc = gc + run - 1;
-        if (sink) {
-          uint64_t len = MIN_U64 (run * cs, src->size - (pos + k));
-          if (sink_pwrite (sink, buf + k, len, pos + k) == -1)
-            die_rb ();
-        }
-        else if (raw_out) {
-          uint64_t len = MIN_U64 (run * cs, src->size - (pos + k));
-          if (pwrite_full (out_fd, buf + k, len, pos + k) == -1)
-            die (EXIT_TROUBLE, "%s: write error at offset %" PRIu64 ": %s",
-                 argv[optind + 1], pos + k, strerror (errno));
-        }
-        else if (rb_writer_put_run (w, gc, buf + k, run) == -1)
-          die_writer (w, argv[optind + 1]);
-        k += run * cs;
-      }
-      pos += n;
-      done += n;
-      progress_update (&prog, MIN_U64 (pos, src->size));
-    }
+  /* -S 0: everything is data, holes included. */
+  if (!cv.sparse ? collect (&ext, 0, cv.src->size, SOURCE_DATA) == -1
+                 : source_extents (cv.src, 0, cv.src->size, collect, &ext) == -1)
+    fail (&cv);
+  if (!no_create && !raw_out) {
+    for (i = 0; i < ext.n; i++)
+      max_clusters += (ext.v[i].off + ext.v[i].len - 1) / cv.unit - ext.v[i].off / cv.unit + 1;
+    if (target_new_qcow2 (&cv.t, output, tmp, &o, max_clusters, compress, !sync) == -1)
+      fail (&cv);
   }
+  cv.t.no_sync = !sync;
 
-  if (source_current_size (src, &size_now) == -1 || size_now != src->size) {
-    if (w) rb_writer_abort (w);
-    die (EXIT_TROUBLE, "%s: the source changed size during the conversion", argv[optind]);
+  progress_init (&cv.prog, cl.progress, cv.src->size);
+  cv.ext = &ext;
+  convert_all (&cv);
+
+  if (source_current_size (cv.src, &size_now) == -1 || size_now != cv.src->size) {
+    rb_error (EIO, "%s: the source changed size during the conversion", input);
+    fail (&cv);
   }
-  if (sink) {
-    if (sink_close (sink) == -1)
-      die_rb ();
-    sink = NULL;
-  }
-  else if (raw_out) {
-    if ((sync && fsync (out_fd) == -1) || close (out_fd) == -1)
-      die (EXIT_TROUBLE, "%s: %s", argv[optind + 1], strerror (errno));
-  }
-  else if (rb_writer_finish (w) == -1)
-    die_writer (NULL, argv[optind + 1]);
+  if (target_finish (&cv.t) == -1)
+    fail (&cv);
   if (tmp && output_commit () == -1)
     die_rb ();
-  progress_end (&prog);
-  source_close (src);
-  free (buf);
+  progress_end (&cv.prog);
+  source_close (cv.src);
   free (ext.v);
   return EXIT_OK;
 }

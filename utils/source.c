@@ -6,10 +6,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <linux/fs.h>
@@ -315,4 +318,97 @@ source_current_size (struct source *s, uint64_t *size)
   if (fstat (s->fd, &st) == -1 || fd_size (s->fd, &st, size) == -1)
     return rb_error (errno, "%s: %s", s->name, strerror (errno));
   return 0;
+}
+
+/* The mapped windows SIGBUS may hit (slots set before and cleared after
+ * use), and whether it did.
+ */
+static struct { void *volatile addr; volatile size_t len; } windows[SOURCE_MAX_WINDOWS];
+static pthread_mutex_t windows_lock = PTHREAD_MUTEX_INITIALIZER;
+static volatile sig_atomic_t bus_hit;
+
+/* SIGBUS: a page of a window past the file's (new) end.  Put a page of
+ * zeros there so the access completes, and remember; anything else is fatal
+ * as usual.
+ */
+static void
+on_sigbus (int sig, siginfo_t *si, void *ctx)
+{
+  uintptr_t a = (uintptr_t) si->si_addr;
+  long page = sysconf (_SC_PAGESIZE);
+  size_t i;
+
+  (void) ctx;
+  for (i = 0; i < SOURCE_MAX_WINDOWS; i++) {
+    uintptr_t w = (uintptr_t) windows[i].addr;
+    if (w && a >= w && a < w + windows[i].len &&
+        mmap ((void *) (a & ~(uintptr_t) (page - 1)), page, PROT_READ,
+              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+      bus_hit = 1;
+      return;
+    }
+  }
+  signal (sig, SIG_DFL);
+  raise (sig);
+}
+
+/* Map [offset, offset+count) of a regular-file source; NULL: read instead. */
+const uint8_t *
+source_map (struct source *s, uint64_t offset, size_t count, struct source_window *w)
+{
+  static bool handler;
+  long page = sysconf (_SC_PAGESIZE);
+  uint64_t start = offset / page * page;
+  size_t i, len = offset - start + count;
+  void *p;
+
+  w->addr = NULL;
+  if (s->kind != SOURCE_RAW || s->fd == -1 || count == 0)
+    return NULL;
+  pthread_mutex_lock (&windows_lock);
+  for (i = 0; i < SOURCE_MAX_WINDOWS && windows[i].addr; i++)
+    ;
+  if (i < SOURCE_MAX_WINDOWS && !handler) {
+    struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
+    sigemptyset (&sa.sa_mask);
+    handler = sigaction (SIGBUS, &sa, NULL) == 0;
+  }
+  p = i < SOURCE_MAX_WINDOWS && handler
+    ? mmap (NULL, len, PROT_READ, MAP_SHARED, s->fd, start) : MAP_FAILED;
+  if (p != MAP_FAILED) {
+    madvise (p, len, MADV_SEQUENTIAL);
+    windows[i].len = len;
+    windows[i].addr = p;
+    w->addr = p;
+    w->len = len;
+  }
+  pthread_mutex_unlock (&windows_lock);
+  return p == MAP_FAILED ? NULL : (const uint8_t *) p + (offset - start);
+}
+
+/* Release a window.  -1 (naming the input) if the file shrank under one. */
+int
+source_unmap (struct source *s, struct source_window *w)
+{
+  size_t i;
+
+  if (!w->addr)
+    return 0;
+  pthread_mutex_lock (&windows_lock);
+  for (i = 0; i < SOURCE_MAX_WINDOWS; i++)
+    if (windows[i].addr == w->addr)
+      windows[i].addr = NULL;
+  pthread_mutex_unlock (&windows_lock);
+  munmap (w->addr, w->len);
+  w->addr = NULL;
+  if (bus_hit)
+    return rb_error (EIO, "%s: the input shrank while it was read", s->name);
+  return 0;
+}
+
+/* The fd of a regular-file source, else -1. */
+int
+source_file_fd (const struct source *s)
+{
+  return s->kind == SOURCE_RAW ? s->fd : -1;
 }

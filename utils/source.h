@@ -110,6 +110,29 @@ int source_pread (struct source *s, void *buf, size_t count, uint64_t offset);
 int source_extents (struct source *s, uint64_t offset, uint64_t count,
                     source_extent_fn fn, void *opaque);
 
+/* ---- mapped reads (rb-convert: regular files only) ----
+ * source_map returns [offset, offset+count) of a regular-file source mapped
+ * read-only into *w: the page cache itself, nothing copied (a look for zeros
+ * costs no copy, and the bytes may go to a write as they are).  NULL if the
+ * source cannot be mapped (not a regular file, mmap refused, too many
+ * windows): read it instead.  offset + count <= size.  At most
+ * SOURCE_MAX_WINDOWS at a time, on any threads; release each with
+ * source_unmap.  If the file shrinks under a window, its pages past the new
+ * end read as zeros instead of killing the process (SIGBUS), and
+ * source_unmap of any window then fails naming the input: what was read is
+ * not the input.
+ */
+#define SOURCE_MAX_WINDOWS 16
+struct source_window {
+  void *addr;                      /* page-aligned start, NULL if none */
+  size_t len;
+};
+const uint8_t *source_map (struct source *s, uint64_t offset, size_t count,
+                           struct source_window *w);
+int source_unmap (struct source *s, struct source_window *w);
+/* The file descriptor of a regular-file source (for copy_file_range), else -1. */
+int source_file_fd (const struct source *s);
+
 /* Size of a regular file or block device now (the opened size for qcow2 and
  * NBD), to notice an input changing under us.  0 / -1.
  */

@@ -1,0 +1,177 @@
+#!/usr/bin/env bats
+# rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+# rb-convert's data paths: file to file by copy_file_range (strace counts the calls), the
+# fallback when the kernel refuses, and the read loop of qcow2 and NBD sources; every output
+# judged by qemu-img compare, check and map.
+
+load helpers
+
+RB_CONVERT="$top_builddir/utils/rb-convert"
+
+setup () {
+  T="$BATS_TEST_TMPDIR"
+  command -v strace > /dev/null || { echo "strace is needed (.ci/packages lists it)"; return 1; }
+}
+
+teardown () {
+  stop_rblock
+  if mountpoint -q "$T/other" 2>/dev/null; then umount "$T/other"; fi
+}
+
+# make_source FILE: holes, random data with all-zero runs inside it (4K, 64K, 1M), data
+# touching the ends, and an unaligned size whose last partial cluster holds data.
+make_source () {
+  local f=$1
+  truncate -s $((23 * 1048576 + 1234)) "$f"
+  dd if=/dev/urandom of="$f" bs=64k count=3 conv=notrunc status=none
+  dd if=/dev/urandom of="$f" bs=1M count=6 seek=2 conv=notrunc status=none
+  dd if=/dev/zero of="$f" bs=4k count=1 seek=$((2 * 256 + 5)) conv=notrunc status=none
+  dd if=/dev/zero of="$f" bs=64k count=1 seek=$((3 * 16 + 3)) conv=notrunc status=none
+  dd if=/dev/zero of="$f" bs=1M count=1 seek=5 conv=notrunc status=none
+  dd if=/dev/urandom of="$f" bs=1000 count=33 seek=12345 conv=notrunc status=none
+  printf 'the last bytes' | dd of="$f" bs=1 seek=$((23 * 1048576 + 1220)) conv=notrunc status=none
+}
+
+# traced FILE CMD...: run CMD under strace, counting its data calls into FILE.
+traced () {
+  local out=$1; shift
+  strace -f -qq -e trace=copy_file_range,pwrite64,pwritev,write -o "$out" "$@"
+}
+count () { grep -c "^[0-9]* *$1(" "$2" || true; }
+
+# assert_same SRC OUT: identical by qemu-img, clean if qcow2.
+assert_same () {
+  run qemu-img compare "$1" "$2"
+  [ "$status" -eq 0 ] || { echo "$output"; return 1; }
+  if [[ "$2" == *.qcow2 ]]; then qemu_check_clean "$2"; fi
+}
+
+# zero_not_allocated OUT: the 1 MiB zero run at 5M and the hole at 8M..11M hold no data.
+zero_not_allocated () {
+  [ "$(qemu-img map --output=json "$1" | jq '[.[] | select(.data and .start < 6291456 and .start + .length > 5242880)] | length')" = 0 ] &&
+  [ "$(qemu-img map --output=json "$1" | jq '[.[] | select(.data and .start < 11534336 and .start + .length > 8388608)] | length')" = 0 ]
+}
+
+# raw_holes FILE SIZE: the [start,length] of what qemu-img map finds not data below SIZE
+# (qemu-img also reports the rest of a partial last sector past the end of the file).
+raw_holes () {
+  qemu-img map -f raw --output=json "$1" | jq -c --argjson n "$2" '[.[] | select((.data | not) and .start < $n) | [.start, .length]]'
+}
+
+@test "rb-convert: a file source is copied by copy_file_range, no data pwrite, at every cluster size" {
+  make_source "$T/src.raw"
+  for cs in 512 4K 64K 2M; do
+    rm -f "$T/out.qcow2"
+    traced "$T/trace" "$RB_CONVERT" -c $cs "$T/src.raw" "$T/out.qcow2"
+    assert_same "$T/src.raw" "$T/out.qcow2"
+    # (2M clusters around the zero runs also hold data.)
+    [ $cs = 2M ] || zero_not_allocated "$T/out.qcow2"
+    [ "$(count copy_file_range "$T/trace")" -gt 0 ]
+    # pwrites are the metadata only: header, L1, refcounts, the L2 tables.
+    [ "$(awk '/pwrite64\(/ { n += $NF } END { print n + 0 }' "$T/trace")" -lt $((8 * 1048576)) ]
+  done
+}
+
+@test "rb-convert -O raw: a file source copied by copy_file_range, 4K zero runs left as holes" {
+  make_source "$T/src.raw"
+  traced "$T/trace" "$RB_CONVERT" -O raw "$T/src.raw" "$T/out.raw"
+  cmp "$T/src.raw" "$T/out.raw"
+  [ "$(count copy_file_range "$T/trace")" -gt 0 ]
+  [ "$(count pwrite64 "$T/trace")" -eq 0 ]
+  # The 4K zero page inside the data is a hole (as qemu-img convert -S 4k makes it).
+  qemu-img convert -f raw -O raw "$T/src.raw" "$T/want.raw"
+  size=$(stat -c %s "$T/src.raw")
+  [ "$(raw_holes "$T/out.raw" "$size")" = "$(raw_holes "$T/want.raw" "$size")" ]
+  [[ "$(raw_holes "$T/out.raw" "$size")" == *"[$((2097152 + 5 * 4096)),4096]"* ]]
+}
+
+@test "rb-convert: across file systems (copy_file_range refused) the data is written from the mapping" {
+  mkdir -p "$T/other"
+  mount -t tmpfs -o size=64M tmpfs "$T/other" ||
+    skip "no second file system can be mounted here (needs root): cannot test the fallback"
+  make_source "$T/other/src.raw"
+  traced "$T/trace" "$RB_CONVERT" "$T/other/src.raw" "$T/out.qcow2"
+  assert_same "$T/other/src.raw" "$T/out.qcow2"
+  zero_not_allocated "$T/out.qcow2"
+  # One refused try, then plain writes of the data.
+  [ "$(grep -c 'copy_file_range(.*EXDEV' "$T/trace")" -eq 1 ]
+  [ "$(count copy_file_range "$T/trace")" -eq 1 ]
+  [ "$(awk '/pwrite64\(/ { n += $NF } END { print n + 0 }' "$T/trace")" -gt $((5 * 1048576)) ]
+  traced "$T/trace" "$RB_CONVERT" -O raw "$T/other/src.raw" "$T/out.raw"
+  cmp "$T/other/src.raw" "$T/out.raw"
+  [ "$(count copy_file_range "$T/trace")" -eq 1 ]
+}
+
+@test "rb-convert: qcow2 and NBD sources keep the read loop (no copy_file_range) and come out identical" {
+  make_source "$T/src.raw"
+  qemu-img convert -f raw -O qcow2 -o cluster_size=4k "$T/src.raw" "$T/src.qcow2"
+  traced "$T/trace" "$RB_CONVERT" "$T/src.qcow2" "$T/out.qcow2"
+  assert_same "$T/src.raw" "$T/out.qcow2"
+  zero_not_allocated "$T/out.qcow2"
+  [ "$(count copy_file_range "$T/trace")" -eq 0 ]
+  traced "$T/trace" "$RB_CONVERT" -O raw "$T/src.qcow2" "$T/out.raw"
+  qemu-img convert -O raw "$T/src.qcow2" "$T/want.raw"
+  cmp "$T/out.raw" "$T/want.raw"
+  [ "$(count copy_file_range "$T/trace")" -eq 0 ]
+  start_rblock "$T/src.qcow2" -r
+  traced "$T/trace" "$RB_CONVERT" -c 2M "$URI" "$T/nbd.qcow2"
+  stop_rblock
+  assert_same "$T/src.raw" "$T/nbd.qcow2"
+  [ "$(count copy_file_range "$T/trace")" -eq 0 ]
+}
+
+@test "rb-convert -z: compression needs the bytes: no copy_file_range, still identical" {
+  make_source "$T/src.raw"
+  traced "$T/trace" "$RB_CONVERT" -z zstd "$T/src.raw" "$T/out.qcow2"
+  assert_same "$T/src.raw" "$T/out.qcow2"
+  [ "$(count copy_file_range "$T/trace")" -eq 0 ]
+}
+
+@test "rb-convert -S 0: every byte written, holes included (qcow2 fully allocated, raw without holes)" {
+  make_source "$T/src.raw"
+  "$RB_CONVERT" -S 0 "$T/src.raw" "$T/out.qcow2"
+  assert_same "$T/src.raw" "$T/out.qcow2"
+  [ "$(qemu-img map --output=json "$T/out.qcow2" | jq '[.[] | select(.data | not)] | length')" = 0 ]
+  "$RB_CONVERT" -S 0 -O raw "$T/src.raw" "$T/out.raw"
+  cmp "$T/src.raw" "$T/out.raw"
+  [ "$(raw_holes "$T/out.raw" "$(stat -c %s "$T/src.raw")")" = "[]" ]
+  # The same with a qcow2 source (read loop).
+  qemu-img convert -f raw -O qcow2 "$T/src.raw" "$T/src.qcow2"
+  "$RB_CONVERT" -S 0 -O raw "$T/src.qcow2" "$T/out2.raw"
+  # (The qcow2's guest disk is whole sectors: its raw image is the source, zero-padded.)
+  qemu-img convert -O raw "$T/src.qcow2" "$T/want.raw"
+  cmp "$T/want.raw" "$T/out2.raw"
+  [ "$(raw_holes "$T/out2.raw" "$(stat -c %s "$T/src.raw")")" = "[]" ]
+  run "$RB_CONVERT" -S 1000 "$T/src.raw" "$T/bad.qcow2"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"--sparse-size"* ]]
+}
+
+@test "rb-convert: ENOSPC from the kernel copy is reported, exit 2, nothing left" {
+  make_source "$T/src.raw"
+  RBLOCK_FAULT=data_write:ENOSPC:after=2 run "$RB_CONVERT" "$T/src.raw" "$T/out.qcow2"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"No space left on device"* ]] || { echo "$output"; false; }
+  [ ! -e "$T/out.qcow2" ]
+  [ -z "$(ls -A "$T" | grep '\.tmp\.' || true)" ]
+}
+
+@test "rb-convert: a file source that shrinks under the mapping is an error naming it, not a crash" {
+  # Copied to qcow2 and raw (the copy meets the end), and compressed (the scan of the
+  # mapping hits pages past the end: SIGBUS is caught, the pages read as zeros, the
+  # conversion fails).
+  head -c 40M /dev/urandom > "$T/src0.raw"
+  for opt in "" -z -O; do
+    cp "$T/src0.raw" "$T/src.raw"
+    args=(); [ "$opt" = -z ] && args=(-z zlib); [ "$opt" = -O ] && args=(-O raw)
+    RB_SHRINK_FILE="$T/src.raw" RB_SHRINK_AT=3 RB_SHRINK_TO=1048576 \
+      LD_PRELOAD="$top_builddir/tests/.libs/shrinkshim.so${LD_PRELOAD:+ $LD_PRELOAD}" \
+      run "$RB_CONVERT" "${args[@]}" "$T/src.raw" "$T/out"
+    [ "$status" -eq 2 ] || { echo "$opt: status $status: $output"; false; }
+    [ "${#lines[@]}" -eq 1 ]
+    [[ "$output" == "rb-convert: $T/src.raw: "*" shr"* ]] || { echo "$opt: $output"; false; }
+    [ ! -e "$T/out" ]
+    [ -z "$(ls -A "$T" | grep '\.tmp\.' || true)" ]
+    [ "$(stat -c %s "$T/src.raw")" -eq 1048576 ]
+  done
+}
