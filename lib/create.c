@@ -73,8 +73,11 @@ check_opts (const struct rb_create_opts *in, struct rb_create_opts *o)
     return rb_error (EINVAL, "unknown compression type %u", o->compression_type);
   if (o->lazy_refcounts && o->version == 2)
     return rb_error (EINVAL, "lazy refcounts need compat 1.1");
-  if (o->preallocation != RB_PREALLOC_OFF)
-    return rb_error (ENOTSUP, "preallocation is not supported");
+  if (o->preallocation > RB_PREALLOC_FULL)
+    return rb_error (EINVAL, "unknown preallocation mode %u", o->preallocation);
+  if (o->preallocation && o->backing_file && !o->extended_l2)
+    return rb_error (EINVAL, "a backing file and preallocation go together only with "
+                     "extended L2 entries (as QEMU: else the backing file would be hidden)");
   if (o->backing_file && strlen (o->backing_file) > QCOW_MAX_BACKING_NAME)
     return rb_error (EINVAL, "backing file name longer than %d bytes", QCOW_MAX_BACKING_NAME);
   if (o->size > (1ULL << 61))
@@ -107,7 +110,7 @@ build_header (struct rb_writer *w, uint8_t *buf)
   put_be32 (buf + HDR_CLUSTER_BITS, w->cluster_bits);
   put_be64 (buf + HDR_SIZE, o->size);
   put_be32 (buf + HDR_L1_SIZE, w->l1_size);
-  put_be64 (buf + HDR_L1_TABLE_OFFSET, w->l1_off);
+  put_be64 (buf + HDR_L1_TABLE_OFFSET, w->l1_size ? w->l1_off : 0);   /* none: 0, as QEMU */
   put_be64 (buf + HDR_REFCOUNT_TABLE_OFFSET, w->rt_off);
   put_be32 (buf + HDR_REFCOUNT_TABLE_CLUSTERS, w->rt_clusters);
   if (o->version == 3) {
@@ -130,8 +133,11 @@ build_header (struct rb_writer *w, uint8_t *buf)
       ft[i * 48 + 1] = feature_table[i].bit;
       memcpy (ft + i * 48 + 2, feature_table[i].name, strlen (feature_table[i].name));
     }
-    /* The feature table is informative; left out when clusters are tiny. */
-    if (off + 8 + sizeof ft + 8 + (o->backing_file ? strlen (o->backing_file) : 0) <= w->cs &&
+    /* The feature table is informative; left out, as QEMU 7 does, with
+     * clusters of 4 KiB or less (room for the backing name).
+     */
+    if (w->cs > 4096 &&
+        off + 8 + sizeof ft + 8 + (o->backing_file ? strlen (o->backing_file) : 0) <= w->cs &&
         put_ext (buf, w->cs, &off, QCOW_EXT_FEATURE_TABLE, ft, sizeof ft) == -1)
       return -1;
   }
@@ -194,12 +200,12 @@ rb_writer_abort (struct rb_writer *w)
 /* Create path (O_EXCL unless overwrite) for an image that will hold at most
  * max_data_clusters clusters of data.  Returns the writer or NULL.
  */
-struct rb_writer *
-rb_writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
-               uint64_t max_data_clusters, bool compress)
+static struct rb_writer *
+writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
+            uint64_t max_data_clusters, bool compress)
 {
   struct rb_writer *w = calloc (1, sizeof *w);
-  uint64_t total;
+  uint64_t total, l2_bound;
 
   if (!w) {
     rb_error (ENOMEM, "out of memory");
@@ -223,12 +229,16 @@ rb_writer_new (const char *path, const struct rb_create_opts *opts, bool overwri
     rb_error (EINVAL, "virtual size too large for %" PRIu64 "-byte clusters", w->cs);
     goto err;
   }
-  w->l1_clusters = MAX (DIV_ROUND_UP (w->l1_size * 8, w->cs), 1);
+  w->l1_clusters = DIV_ROUND_UP (w->l1_size * 8, w->cs);    /* 0 for an empty disk, as QEMU */
   w->rb_entries = w->cs * 8 / w->o.refcount_bits;
   w->rt_clusters = w->rb_clusters = 1;
+  /* L2 tables: at most one per L1 entry, none without data (rb_create):
+   * then the layout is QEMU's, L1 right after one refcount block.
+   */
+  l2_bound = max_data_clusters ? w->l1_size : 0;
   for (;;) {
-    /* Upper bound of the final file: metadata, data, one L2 table per L1 entry. */
-    total = 1 + w->rt_clusters + w->rb_clusters + w->l1_clusters + max_data_clusters + w->l1_size + 1;
+    /* Upper bound of the final file: metadata, data, the L2 tables. */
+    total = 1 + w->rt_clusters + w->rb_clusters + w->l1_clusters + max_data_clusters + l2_bound + 1;
     if (w->rb_clusters * w->rb_entries >= total && w->rt_clusters * w->cs / 8 >= w->rb_clusters)
       break;
     if (w->rb_clusters * w->rb_entries < total)
@@ -264,6 +274,17 @@ rb_writer_new (const char *path, const struct rb_create_opts *opts, bool overwri
  err:
   rb_writer_abort (w);
   return NULL;
+}
+
+struct rb_writer *
+rb_writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
+               uint64_t max_data_clusters, bool compress)
+{
+  if (opts->preallocation) {
+    rb_error (EINVAL, "writer: preallocation is rb_create's");
+    return NULL;
+  }
+  return writer_new (path, opts, overwrite, max_data_clusters, compress);
 }
 
 static uint8_t *l2_slot (struct rb_writer *w, uint64_t gc);
@@ -461,7 +482,7 @@ rb_writer_finish (struct rb_writer *w)
 
   end = ROUND_UP (w->next, w->cs);
   /* L2 tables after the data. */
-  meta = calloc (w->l1_clusters, w->cs);
+  meta = calloc (MAX (w->l1_clusters, 1), w->cs);
   buf = calloc (1, w->cs);
   if (!meta || !buf) {
     rb_error (ENOMEM, "out of memory");
@@ -477,7 +498,8 @@ rb_writer_finish (struct rb_writer *w)
     end += w->cs;
   }
   /* Only the entries (the rest of the clusters stay holes, reading as zeros). */
-  if (full_pwrite (w->fd, meta, MIN (ROUND_UP (w->l1_size * 8, 4096), w->l1_clusters * w->cs),
+  if (w->l1_size &&
+      full_pwrite (w->fd, meta, MIN (ROUND_UP (w->l1_size * 8, 4096), w->l1_clusters * w->cs),
                    w->l1_off, IO_L1_UPDATE) == -1)
     goto out;
 
@@ -561,11 +583,63 @@ rb_writer_no_sync (struct rb_writer *w)
   w->no_sync = true;
 }
 
-/* An empty image: the writer with no data. */
+/* Preallocation: every guest cluster mapped to consecutive host clusters
+ * after the fixed metadata (L2 tables follow them), refcount 1.  The data
+ * area stays a hole (metadata), is reserved with fallocate (falloc) or is
+ * written with zeros (full).  With extended L2 the subclusters are left
+ * unallocated, as QEMU leaves them (reads fall to the backing file).
+ */
+static int
+preallocate (struct rb_writer *w)
+{
+  uint64_t nr = DIV_ROUND_UP (w->o.size, w->cs), host = ROUND_UP (w->next, w->cs), gc, done;
+  int err;
+
+  for (gc = 0; gc < nr; gc++) {
+    uint8_t *e = l2_slot (w, gc);
+    if (!e || ref_cluster (w, host / w->cs + gc) == -1)
+      return -1;
+    put_be64 (e, (host + gc * w->cs) | QCOW_OFLAG_COPIED);
+  }
+  w->any = nr > 0;
+  w->last_gc = nr - 1;
+  w->next = host + nr * w->cs;
+  switch (w->o.preallocation) {
+  case RB_PREALLOC_FALLOC:
+    err = nr ? posix_fallocate (w->fd, host, nr * w->cs) : 0;
+    if (err)
+      return rb_error_errno (err, "%s: preallocation=falloc", w->path);
+    break;
+  case RB_PREALLOC_FULL:
+    {
+      CLEANUP_FREE uint8_t *zeros = calloc (1, 1 << 20);
+      if (!zeros)
+        return rb_error (ENOMEM, "out of memory");
+      for (done = 0; done < nr * w->cs; done += 1 << 20)
+        if (full_pwrite (w->fd, zeros, MIN (1ULL << 20, nr * w->cs - done), host + done,
+                         IO_DATA_WRITE) == -1)
+          return -1;
+    }
+    break;
+  default:
+    break;
+  }
+  return 0;
+}
+
+/* An empty image: the writer with no data (or every cluster preallocated). */
 int
 rb_create (const char *path, const struct rb_create_opts *opts, bool overwrite)
 {
-  struct rb_writer *w = rb_writer_new (path, opts, overwrite, 0, false);
+  uint64_t cs = opts->cluster_size ? opts->cluster_size : 65536;
+  uint64_t nr = opts->preallocation ? DIV_ROUND_UP (opts->size, cs) : 0;
+  struct rb_writer *w = writer_new (path, opts, overwrite, nr, false);
 
-  return w ? rb_writer_finish (w) : -1;
+  if (!w)
+    return -1;
+  if (opts->preallocation && preallocate (w) == -1) {
+    rb_writer_abort (w);
+    return -1;
+  }
+  return rb_writer_finish (w);
 }

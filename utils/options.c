@@ -366,6 +366,7 @@ create_option_set (struct create_options *co, const char *key, const char *val,
   else if (strcmp (key, "compat") == 0) {
     if (!(o->version = compat_version (val)))
       BAD ("compat '%s' is neither 0.10 nor 1.1", val);
+    co->compat = val;
     co->given |= CO_COMPAT;
   }
   else if (strcmp (key, "refcount_bits") == 0) {

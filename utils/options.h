@@ -64,6 +64,7 @@
 struct create_options {
   struct rb_create_opts o;         /* size, cluster_size, version, ... as given */
   unsigned given;                  /* CO_* */
+  const char *compat;              /* compat as spelled ("v3", "1.1", ...), NULL if not given */
 };
 
 struct cmdline {
