@@ -9,12 +9,13 @@
 
 #include "internal.h"
 
-/* Find nr consecutive free clusters starting the search at the hint.
- * Clusters that no refcount block covers are free.  Returns the first
- * cluster index in *start.
+/* Find the first run of free clusters at least min long, starting the
+ * search at the hint, and extend it up to max clusters.  Clusters that no
+ * refcount block covers are free.  Returns the first cluster index in *start
+ * and the run's length in *nr.
  */
 static int
-find_free_run (struct rb_image *img, uint64_t nr, uint64_t *start)
+find_free_run (struct rb_image *img, uint64_t min, uint64_t max, uint64_t *start, uint64_t *nr)
 {
   uint64_t c = MAX (img->free_hint, 1), run = 0, rc;
   uint64_t end_cluster = DIV_ROUND_UP (img->file_size, img->cluster_size);
@@ -23,55 +24,116 @@ find_free_run (struct rb_image *img, uint64_t nr, uint64_t *start)
     if (c >= end_cluster && (c >> img->refblock_bits) >= img->reftable_entries) {
       /* Past the file and past every block: all free from here. */
       *start = c - run;
+      *nr = max;
       return 0;
     }
     if (refcount_get (img, c, &rc) == -1)
       return -1;
     if (rc == 0) {
-      run++;
-      if (run == nr) {
-        *start = c - nr + 1;
-        return 0;
-      }
+      if (++run == max)
+        break;
     }
+    else if (run >= min)
+      break;
     else
       run = 0;
     c++;
   }
+  *start = c + (rc == 0) - run;
+  *nr = run;
+  return 0;
 }
 
-/* Allocate nr contiguous clusters, each with refcount 1.  Returns the host
- * offset of the first, or -1.  The refcounts are only in the cache: the
- * write-back order of flush.c makes them durable before any L2 entry that
- * points at them (invariant 1).
+/* Give every refcount range of clusters [start, start+nr) a refcount block,
+ * placed as QEMU places them: at the first free cluster (which may well be
+ * inside the run: the caller then searches again).  *created says whether
+ * anything was made.
  */
-int64_t
-alloc_clusters (struct rb_image *img, uint64_t nr)
+static int
+ensure_blocks (struct rb_image *img, uint64_t start, uint64_t nr, bool *created)
 {
-  uint64_t start, c;
-  unsigned rounds = 0;
+  uint64_t r, first = start >> img->refblock_bits, last = (start + nr - 1) >> img->refblock_bits;
+  uint64_t at, n;
+
+  *created = false;
+  for (r = first; r <= last; r++) {
+    if (r >= img->reftable_entries || img->reftable[r] == 0)
+      break;
+  }
+  if (r > last)
+    return 0;
+  *created = true;
+  if (r >= img->reftable_entries)
+    return refcount_grow_table (img, r);
+  if (find_free_run (img, 1, 1, &at, &n) == -1)
+    return -1;
+  /* The block's own cluster needs a block too: in a range without one the
+   * new block describes itself.
+   */
+  if ((at >> img->refblock_bits) >= img->reftable_entries)
+    return refcount_grow_table (img, at >> img->refblock_bits);
+  if (img->reftable[at >> img->refblock_bits] == 0)
+    r = at >> img->refblock_bits;
+  if (refblock_create (img, r, at) == -1)
+    return -1;
+  if (img->free_hint == at)
+    img->free_hint = at + 1;
+  return 0;
+}
+
+/* Allocate a run of between min and max contiguous clusters, each with
+ * refcount 1: the first free run long enough.  Returns the host offset of
+ * the first, with the length in *nr and in *fresh whether the run lies past
+ * everything the file held (it then reads as zeros without being written);
+ * -1 on error.  The refcounts are only in the cache: the write-back order
+ * of flush.c makes them durable before any L2 entry that points at them
+ * (invariant 1).  Failing to allocate is never corruption: the image is not
+ * marked corrupt here.
+ */
+static int64_t
+alloc_run (struct rb_image *img, uint64_t min, uint64_t max, uint64_t *nr, bool *fresh)
+{
+  /* Every round that does not allocate makes a refcount block (or grows
+   * the table) for a range the run touches: bounded by their number.
+   */
+  uint64_t rounds = 0, limit = 64 + 4 * (max >> img->refblock_bits), start, n, c;
   bool created;
 
- again:
-  if (++rounds > 64)
-    return mark_corrupt (img, "cannot allocate %" PRIu64 " clusters: the refcount "
-                         "structure keeps changing under the search", nr);
-  if (find_free_run (img, nr, &start) == -1)
-    return -1;
-  for (c = start; c < start + nr; c++) {
-    if (refcount_ensure_block (img, c, &created) == -1)
+  for (;;) {
+    if (++rounds > limit)
+      return rb_error (EIO, "%s: cannot allocate %" PRIu64 " clusters: the refcount "
+                       "structure keeps changing under the search", img->path, min);
+    if (find_free_run (img, min, max, &start, &n) == -1 ||
+        ensure_blocks (img, start, n, &created) == -1)
       return -1;
-    if (created)
-      goto again;               /* a new block or table may sit in the run */
+    if (!created)
+      break;
   }
-  for (c = start; c < start + nr; c++)
+  for (c = start; c < start + n; c++)
     if (refcount_update (img, c, 1) == -1)
       return -1;                /* leaves a leak at worst */
   if (img->free_hint == start)
-    img->free_hint = start + nr;
-  img->file_size = MAX (img->file_size, (start + nr) << img->cluster_bits);
-  img->stats.clusters_allocated += nr;
+    img->free_hint = start + n;
+  *fresh = (start << img->cluster_bits) >= img->file_size;
+  img->file_size = MAX (img->file_size, (start + n) << img->cluster_bits);
+  img->stats.clusters_allocated += n;
+  *nr = n;
   return (int64_t) (start << img->cluster_bits);
+}
+
+int64_t
+alloc_clusters (struct rb_image *img, uint64_t nr)
+{
+  uint64_t got;
+  bool fresh;
+
+  return alloc_run (img, nr, nr, &got, &fresh);
+}
+
+int64_t
+alloc_clusters_upto (struct rb_image *img, uint64_t max, uint64_t *nr, bool *fresh)
+{
+  return alloc_run (img, 1, max, nr, fresh);
 }
 
 /* Queue the release of nr clusters at host_offset.  The caller has already

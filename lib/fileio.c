@@ -20,7 +20,7 @@
 static const char *const event_names[IO__MAX] = {
   "meta_read", "data_read", "cow_read", "data_write", "l1_update",
   "l2_alloc", "l2_update", "refblock_alloc", "refblock_update",
-  "reftable_grow", "header_update", "flush", "create", "bitmap_write",
+  "reftable_grow", "header_update", "flush", "create", "bitmap_write", "data_zero",
 };
 
 /* Fault injection, configured once from RBLOCK_FAULT (tests only):
@@ -50,7 +50,7 @@ fault_parse (void)
     if (strcmp (ev, event_names[i]) == 0)
       fault.event = i;
   fault.err = strcmp (er, "ENOSPC") == 0 ? ENOSPC : strcmp (er, "EDQUOT") == 0 ? EDQUOT
-    : strcmp (er, "EROFS") == 0 ? EROFS : EIO;
+    : strcmp (er, "EROFS") == 0 ? EROFS : strcmp (er, "EOPNOTSUPP") == 0 ? EOPNOTSUPP : EIO;
   fault.always = strcmp (mode, "always") == 0;
   if (strncmp (mode, "after=", 6) == 0)
     fault.skip = atol (mode + 6);
@@ -80,8 +80,9 @@ fault_check (enum io_event ev)
 }
 
 /* Write log for power-fail replay tests: RBLOCK_IOLOG=PATH records every
- * image write ('W', offset, length, data; big-endian u64s) and every
- * completed sync ('S') in order.
+ * image write ('W', offset, length, data; big-endian u64s), every range
+ * made to read as zeros ('Z', offset, length) and every completed sync
+ * ('S') in order.
  */
 static int iolog_fd = -2;
 static pthread_mutex_t iolog_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -107,7 +108,7 @@ iolog (char kind, const void *buf, uint64_t count, uint64_t offset)
   h[0] = kind;
   put_be64 (h + 1, offset);
   put_be64 (h + 9, count);
-  if (write (iolog_fd, h, kind == 'W' ? 17 : 1) < 0 ||
+  if (write (iolog_fd, h, kind == 'S' ? 1 : 17) < 0 ||
       (kind == 'W' && write (iolog_fd, buf, count) < 0))
     abort ();                   /* a test harness without its log is useless */
 }
@@ -229,6 +230,78 @@ file_sync (int fd, enum io_event ev)
     pthread_mutex_unlock (&iolog_lock);
   }
   return 0;
+}
+
+/* What the file system offers for zeroing, learnt on first use (all image
+ * files are taken to be alike: a wrong guess only costs speed).
+ */
+static _Atomic bool no_zero_range, no_punch_hole;
+
+static bool
+unsupported (int err)
+{
+  return err == EOPNOTSUPP || err == ENOSYS;
+}
+
+/* Zeros written by hand, where the file system cannot zero a range. */
+static int
+write_zeros (int fd, uint64_t offset, uint64_t count)
+{
+  static const uint8_t zeros[65536];
+
+  while (count > 0) {
+    size_t n = MIN (count, sizeof zeros);
+    if (write_all (fd, zeros, n, offset) == -1)
+      return -1;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+/* fallocate(mode) over the range; 0, or the errno.  Learns "unsupported". */
+static int
+try_fallocate (int fd, int mode, uint64_t offset, uint64_t count, _Atomic bool *no)
+{
+  if (*no)
+    return EOPNOTSUPP;
+  if (fallocate (fd, mode | FALLOC_FL_KEEP_SIZE, offset, count) == 0)
+    return 0;
+  if (unsupported (errno))
+    *no = true;
+  return errno;
+}
+
+int
+file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev)
+{
+  int e, r;
+
+  if (count == 0)
+    return 0;
+  /* An injected EOPNOTSUPP plays a file system that supports neither. */
+  if (fault_check (ev) == -1) {
+    if (errno != EOPNOTSUPP)
+      return -1;
+    no_zero_range = no_punch_hole = true;
+  }
+  if (iolog_fd != -1)
+    pthread_mutex_lock (&iolog_lock);
+  e = try_fallocate (fd, FALLOC_FL_ZERO_RANGE, offset, count, &no_zero_range);
+  /* EINVAL: this range is not one the device can zero (alignment). */
+  if (unsupported (e) || e == EINVAL)
+    e = try_fallocate (fd, FALLOC_FL_PUNCH_HOLE, offset, count, &no_punch_hole);
+  if (unsupported (e) || e == EINVAL)
+    r = write_zeros (fd, offset, count);
+  else if (e)
+    r = rb_error_errno (e, "zeroing %" PRIu64 " bytes at host offset %" PRIu64, count, offset);
+  else
+    r = 0;
+  if (r == 0)
+    iolog ('Z', NULL, count, offset);
+  if (iolog_fd != -1)
+    pthread_mutex_unlock (&iolog_lock);
+  return r;
 }
 
 /* Size of a regular file (st_size) or block device (BLKGETSIZE64). */

@@ -95,6 +95,8 @@ read_tables (struct rb_image *img)
     return -1;
   for (i = 0; i < img->reftable_entries; i++)
     img->reftable[i] = get_be64 (buf + i * 8);
+  if (overlap_l2_rebuild (img) == -1)
+    return -1;
   return refblocks_rebuild (img);
 }
 
@@ -291,6 +293,8 @@ image_free (struct rb_image *img)
   free (img->l1_dirty);
   free (img->reftable);
   free (img->refblocks);
+  overlap_free (img);
+  free (img->cow_buf);
   free (img->frees);
   free (img->path);
   free (img->dir);

@@ -27,7 +27,7 @@ void rb_warning (const char *fmt, ...) __attribute__((format (printf, 1, 2)));
 enum io_event {
   IO_META_READ, IO_DATA_READ, IO_COW_READ, IO_DATA_WRITE, IO_L1_UPDATE,
   IO_L2_ALLOC, IO_L2_UPDATE, IO_REFBLOCK_ALLOC, IO_REFBLOCK_UPDATE,
-  IO_REFTABLE_GROW, IO_HEADER_UPDATE, IO_FLUSH, IO_CREATE, IO_BITMAP_WRITE, IO__MAX
+  IO_REFTABLE_GROW, IO_HEADER_UPDATE, IO_FLUSH, IO_CREATE, IO_BITMAP_WRITE, IO_DATA_ZERO, IO__MAX
 };
 int full_pread (int fd, void *buf, size_t count, uint64_t offset, enum io_event ev);
 int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev);
@@ -39,6 +39,10 @@ int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io
 int full_copy_range (int fd_in, uint64_t in_offset, int fd, uint64_t offset, size_t count,
                      enum io_event ev);
 int file_sync (int fd, enum io_event ev);
+/* Make [offset, offset+count) read as zeros: fallocate ZERO_RANGE, else
+ * PUNCH_HOLE (both keeping the size), else written zeros.  0 / -1.
+ */
+int file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev);
 int fault_check (enum io_event ev);   /* 0, or -1 with the injected error recorded */
 int file_size (int fd, uint64_t *size);   /* regular file or block device */
 
@@ -94,11 +98,17 @@ int refcount_get (struct rb_image *img, uint64_t cluster_index, uint64_t *refcou
 int refcount_update (struct rb_image *img, uint64_t cluster_index, int64_t delta);
 /* Make sure refcount block for cluster_index exists (may grow the table). */
 int refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *created);
+/* Create the block of range rt_index in free host cluster `at` (see there). */
+int refblock_create (struct rb_image *img, uint64_t rt_index, uint64_t at);
+int refcount_grow_table (struct rb_image *img, uint64_t rt_index);
 
 /* ---- alloc.c ---- */
 /* Allocate nr contiguous clusters with refcount 1; returns host offset or -1. */
 int64_t alloc_clusters (struct rb_image *img, uint64_t nr);
-/* Allocate count bytes (<= cluster size) possibly sharing a cluster (compressed data). */
+/* Allocate 1..max contiguous clusters (the first free run); *nr the count,
+ * *fresh true if they lie past everything the file held (they read as zeros).
+ */
+int64_t alloc_clusters_upto (struct rb_image *img, uint64_t max, uint64_t *nr, bool *fresh);
 /* Queue a refcount decrement to run after the pointer change is durable (invariant 4). */
 int free_clusters_deferred (struct rb_image *img, uint64_t host_offset, uint64_t nr);
 int free_compressed_deferred (struct rb_image *img, uint64_t l2_entry);
@@ -121,6 +131,11 @@ int l2_subcluster_state (struct rb_image *img, uint64_t entry, uint64_t bitmap,
 int l2_get_entry (struct rb_image *img, uint64_t guest_cluster,
                   uint64_t *entry, uint64_t *bitmap, uint64_t *table_offset);
 int l1_get_l2_offset (struct rb_image *img, uint64_t l1_index, uint64_t *l2_offset);
+/* Set L1 entry l1_index (host order) in memory, to be written at the next
+ * flush; keeps the overlap checks' set of active L2 tables current.  Every
+ * change of the active L1 goes through here.  Under meta_lock.
+ */
+int l1_set_entry (struct rb_image *img, uint64_t l1_index, uint64_t entry);
 
 /* ---- compress.c ---- */
 int decompress_cluster (struct rb_image *img, const void *in, size_t in_len,
@@ -149,6 +164,20 @@ int data_pwrite (struct rb_image *img, const void *buf, uint64_t count, uint64_t
 /* ---- check.c ---- */
 int check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags);
 
+/* ---- write.c, zero.c ---- */
+int writable (struct rb_image *img);          /* 0, or -1 (read-only or corrupt) */
+void count_stat (struct rb_image *img, uint64_t *ops, uint64_t *bytes, uint64_t n);
+int fua_flush (struct rb_image *img);
+/* The L2 table of l1_index pinned for modification in *table, allocated or
+ * copied (invariant 5) as needed.  Returns its host offset or -1.  Under meta_lock.
+ */
+int64_t l2_table_for_write (struct rb_image *img, uint64_t l1_index, uint8_t **table);
+/* Write len bytes (data NULL: zeros) inside one guest cluster, allocating
+ * or copying as needed.  Under meta_lock.
+ */
+int write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len,
+                        const void *data);
+
 /* ---- image.c ---- */
 struct chain_ids;
 struct rb_image *image_open (const char *path, const struct rb_open_opts *opts,
@@ -171,6 +200,11 @@ enum overlap_kind { OV_DATA, OV_L2, OV_L1, OV_REFBLOCK, OV_REFTABLE };
 int overlap_check (struct rb_image *img, uint64_t host_offset, uint64_t len,
                    enum overlap_kind kind);
 int refblocks_rebuild (struct rb_image *img);
+/* The set of active L2 tables the checks use (kept by l1_set_entry). */
+int overlap_l2_add (struct rb_image *img, uint64_t off);
+void overlap_l2_remove (struct rb_image *img, uint64_t off);
+int overlap_l2_rebuild (struct rb_image *img);
+void overlap_free (struct rb_image *img);
 
 /* ---- bitmaps*.c: persistent dirty bitmaps (the rules are in bitmaps.c) ---- */
 struct bitmap_bits;         /* bitmaps-data.c: one bitmap's bits in memory */
@@ -239,6 +273,12 @@ void image_lock_downgrade (struct rb_image *img);
 void image_unlock_fd (int fd);
 
 /* ---- the image ---- */
+struct offset_set {         /* host offsets (not 0) with a count each: overlap.c */
+  uint64_t *keys;
+  uint32_t *counts;
+  uint64_t size, used;
+};
+
 struct deferred_free {
   uint64_t host_offset;     /* cluster aligned */
   uint64_t nr;
@@ -306,13 +346,25 @@ struct rb_image {
   uint64_t csize_mask;
   uint64_t coffset_mask;
 
-  /* Locks.  Order: io_lock before meta_lock.
+  /* Locks.  Order: io_lock before meta_lock before stats_lock.
    * io_lock (rwlock): every guest request holds it shared; applying deferred
    *   frees holds it exclusive, so no request reads or writes a cluster
-   *   while it returns to the free pool.
+   *   while it returns to the free pool (and anything else that changes
+   *   which host cluster backs a guest cluster *without* a copy-on-write,
+   *   or clears QCOW_OFLAG_COPIED, must hold it exclusive too).
    * meta_lock: L1, refcount table, both caches, allocator, deferred frees,
-   *   header fields, file_size.  Allocating writes hold it across their data
-   *   write; in-place overwrites of owned clusters do not.
+   *   header fields, file_size, cow_buf, the overlap sets.
+   * Which lock protects which guest bytes:
+   *   - bytes of a DATA unit (cluster, or subcluster with extended L2) of an
+   *     owned cluster (QCOW_OFLAG_COPIED, refcount 1): no lock beyond
+   *     io_lock shared.  In-place writers (write_locked's fast path) map
+   *     under meta_lock, then write outside it.  So nobody may read-modify-
+   *     write bytes of such a unit that its own request does not cover:
+   *     write_cluster_slow writes exactly the request's bytes there.
+   *   - every other byte (unallocated, zero, compressed or shared units, and
+   *     clusters being allocated or copied): meta_lock, held across the data
+   *     write and the L2 update, so no request maps the unit half-made.  The
+   *     copy-on-write and zeroing of write_cluster_slow touch only these.
    */
   pthread_rwlock_t io_lock;
   pthread_mutex_t meta_lock;
@@ -325,9 +377,11 @@ struct rb_image {
   uint64_t reftable_entries;
   uint64_t *refblocks;      /* sorted refcount block offsets, for overlap checks */
   uint64_t nr_refblocks;
+  struct offset_set l2_tables; /* active L2 tables, for overlap checks */
   struct cache *l2_cache;
   struct cache *rb_cache;
   bool data_unsynced;       /* data or metadata written since the last fdatasync */
+  uint8_t *cow_buf;         /* one cluster for write_cluster_slow (meta_lock) */
 
   uint64_t free_hint;       /* cluster index where the free search starts */
   struct deferred_free *frees;

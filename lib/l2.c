@@ -129,3 +129,16 @@ l1_get_l2_offset (struct rb_image *img, uint64_t l1_index, uint64_t *l2_offset)
 {
   return l1_decode (img, l1_index, l2_offset);
 }
+
+int
+l1_set_entry (struct rb_image *img, uint64_t l1_index, uint64_t entry)
+{
+  uint64_t old = img->l1[l1_index] & L1E_OFFSET_MASK, off = entry & L1E_OFFSET_MASK;
+
+  if (off && overlap_l2_add (img, off) == -1)
+    return -1;
+  if (old)
+    overlap_l2_remove (img, old);
+  img->l1[l1_index] = entry;
+  return mark_dirty_l1 (img, l1_index);
+}

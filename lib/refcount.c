@@ -176,41 +176,34 @@ grow_reftable (struct rb_image *img, uint64_t rt_index)
   return 0;
 }
 
-/* Make sure a refcount block covers cluster_index, creating it (at the first
- * cluster of the range it covers, counting itself) if needed.
+/* Create the refcount block of range rt_index (which has none) in the free
+ * host cluster `at`.  If `at` lies in that range the block describes
+ * itself; otherwise its refcount goes into the block of its own range
+ * (which must exist) and is written first.  Invariant 3: the block is
+ * durable before the table entry points at it.  Returns 0 / -1.
  */
 int
-refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *created)
+refblock_create (struct rb_image *img, uint64_t rt_index, uint64_t at)
 {
-  uint64_t rt_index = cluster_index >> img->refblock_bits;
-  uint64_t off, b_off;
+  uint64_t b_off = at << img->cluster_bits;
+  bool self = (at >> img->refblock_bits) == rt_index;
   uint8_t *b;
 
-  *created = false;
-  if (rt_index >= img->reftable_entries) {
-    if (grow_reftable (img, rt_index) == -1)
-      return -1;
-    *created = true;
-  }
-  if (block_offset (img, rt_index, &off) == -1)
-    return -1;
-  if (off != 0)
-    return 0;
-
-  /* No block: every cluster of its range is free, so the first one can hold
-   * it.  In a sound image, that is; range 0 holds the header, so it always
-   * has a block, and nothing known may sit where the new block goes.
-   */
-  b_off = (rt_index << img->refblock_bits) << img->cluster_bits;
   if (rt_index == 0)
     return mark_corrupt (img, "no refcount block covers the header cluster");
+  if (rt_index >= img->reftable_entries || img->reftable[rt_index] != 0)
+    return rb_error (EINVAL, "internal error: refcount block %" PRIu64 " cannot be created",
+                     rt_index);
   if (overlap_check (img, b_off, img->cluster_size, OV_DATA) == -1)
+    return -1;
+  if (!self && (refcount_update (img, at, 1) == -1 ||
+                cache_write_back (img->rb_cache) == -1))
     return -1;
   b = cache_get (img->rb_cache, b_off, true);
   if (!b)
     return -1;
-  block_set (img, b, 0, 1);
-  /* Invariant 3: the block is durable before the table entry points at it. */
+  if (self)
+    block_set (img, b, at & (img->refblock_entries - 1), 1);
   if (full_pwrite (img->fd, b, img->cluster_size, b_off, IO_REFBLOCK_ALLOC) == -1 ||
       file_sync (img->fd, IO_FLUSH) == -1) {
     cache_put (img->rb_cache, b_off);
@@ -225,8 +218,45 @@ refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *creat
     return -1;
   }
   img->data_unsynced = true;
-  *created = true;
   return refblocks_rebuild (img);
+}
+
+/* Grow the refcount table so that entry rt_index exists.  0 / -1. */
+int
+refcount_grow_table (struct rb_image *img, uint64_t rt_index)
+{
+  if (rt_index < img->reftable_entries)
+    return 0;
+  return grow_reftable (img, rt_index);
+}
+
+/* Make sure a refcount block covers cluster_index, creating it (at the first
+ * cluster of the range it covers, counting itself) if needed.  The
+ * allocator places new blocks itself (alloc.c); this is for the other
+ * callers of refcount_update.
+ */
+int
+refcount_ensure_block (struct rb_image *img, uint64_t cluster_index, bool *created)
+{
+  uint64_t rt_index = cluster_index >> img->refblock_bits;
+  uint64_t off;
+
+  *created = false;
+  if (rt_index >= img->reftable_entries) {
+    if (grow_reftable (img, rt_index) == -1)
+      return -1;
+    *created = true;
+  }
+  if (block_offset (img, rt_index, &off) == -1)
+    return -1;
+  if (off != 0)
+    return 0;
+  /* No block: every cluster of its range is free, so the first one can hold
+   * it.  In a sound image, that is; range 0 holds the header, so it always
+   * has a block, and nothing known may sit where the new block goes.
+   */
+  *created = true;
+  return refblock_create (img, rt_index, rt_index << img->refblock_bits);
 }
 
 /* Add delta to the refcount of cluster_index.  Underflow is corruption;

@@ -1,5 +1,5 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
- * Guest writes, zero and trim: in-place overwrites, allocation, copy-on-write, subclusters.
+ * Guest writes: in-place overwrites, allocation, copy-on-write, subclusters.
  */
 #include <config.h>
 
@@ -12,10 +12,9 @@
 #include "internal.h"
 #include "map.h"
 
-#define ALL_ZERO_BITS 0xffffffff00000000ULL
 #define ALL_ALLOC_BITS 0x00000000ffffffffULL
 
-static void
+void
 count_stat (struct rb_image *img, uint64_t *ops, uint64_t *bytes, uint64_t n)
 {
   pthread_mutex_lock (&img->stats_lock);
@@ -25,7 +24,7 @@ count_stat (struct rb_image *img, uint64_t *ops, uint64_t *bytes, uint64_t n)
 }
 
 /* Refuse writes to read-only or corrupt images. */
-static int
+int
 writable (struct rb_image *img)
 {
   if (rb_is_readonly (img))
@@ -53,11 +52,7 @@ release_unused (struct rb_image *img, uint64_t host, uint64_t nr)
   rb_error (e, "%s", msg);      /* report the original failure */
 }
 
-/* Return the L2 table of l1_index pinned for modification in *table,
- * allocating a new one or copying a shared one (invariant 5).  Returns the
- * table's host offset or -1.
- */
-static int64_t
+int64_t
 l2_table_for_write (struct rb_image *img, uint64_t l1_index, uint8_t **table)
 {
   uint64_t off;
@@ -92,8 +87,10 @@ l2_table_for_write (struct rb_image *img, uint64_t l1_index, uint8_t **table)
   }
   /* Invariant 3: flush.c writes this table (and syncs) before the L1 entry. */
   cache_mark_dirty (img->l2_cache, n);
-  img->l1[l1_index] = (uint64_t) n | QCOW_OFLAG_COPIED;
-  mark_dirty_l1 (img, l1_index);
+  if (l1_set_entry (img, l1_index, (uint64_t) n | QCOW_OFLAG_COPIED) == -1) {
+    cache_put (img->l2_cache, n);
+    return -1;
+  }
   *table = t;
   return n;
 }
@@ -149,24 +146,102 @@ fill_old (struct rb_image *img, uint64_t cluster_start, uint64_t entry, uint64_t
   return 0;
 }
 
-/* Write len bytes at guest_offset, all inside one cluster, allocating or
- * copying as needed.  Called with meta_lock held; holds it across the data
- * write so no other request sees the cluster half-made.
+/* How each byte range of the target cluster is made by write_cluster_slow. */
+enum seg_kind {
+  SEG_GUEST,                    /* the request's bytes (zeros for a zero request) */
+  SEG_OLD,                      /* what the guest sees there now: copy-on-write */
+  SEG_ZERO,                     /* must read as zeros: the file system provides them */
+};
+struct seg {
+  uint64_t from, to;            /* cluster-relative */
+  enum seg_kind kind;
+};
+#define MAX_SEGS (3 * 32 + 2)
+
+static void
+seg_add (struct seg *segs, unsigned *n, uint64_t from, uint64_t to, enum seg_kind kind)
+{
+  if (from >= to)
+    return;
+  if (*n > 0 && segs[*n - 1].kind == kind && segs[*n - 1].to == from) {
+    segs[*n - 1].to = to;
+    return;
+  }
+  segs[*n].from = from;
+  segs[*n].to = to;
+  segs[*n].kind = kind;
+  (*n)++;
+}
+
+/* What a mapping unit (a subcluster, or the whole cluster) holds now. */
+enum unit_state { U_DATA, U_ZERO, U_UNALLOC };
+
+static int
+unit_state (struct rb_image *img, uint64_t entry, uint64_t bitmap, const struct l2_info *info,
+            bool by_subcluster, unsigned sc, enum unit_state *st)
+{
+  enum sc_state s;
+
+  if (by_subcluster) {
+    if (l2_subcluster_state (img, entry, bitmap, sc, &s) == -1)
+      return -1;
+    *st = s == SC_DATA ? U_DATA : s == SC_ZERO ? U_ZERO : U_UNALLOC;
+    return 0;
+  }
+  *st = info->kind == L2_DATA || info->kind == L2_COMPRESSED ? U_DATA
+    : info->kind == L2_UNALLOC ? U_UNALLOC : U_ZERO;
+  return 0;
+}
+
+/* Host bytes [off, off+len) must read as zeros; fresh: they already do
+ * (never written, past the old end of the file).  Only for bytes no other
+ * writer can reach: a cluster not yet visible, or a unit the guest sees as
+ * zero or unallocated.
  */
 static int
+zero_host (struct rb_image *img, uint64_t off, uint64_t len, bool fresh)
+{
+  if (fresh || len == 0)
+    return 0;
+  img->data_unsynced = true;
+  return file_zero_range (img->fd, off, len, IO_DATA_ZERO);
+}
+
+/* Write len bytes at guest_offset, all inside one cluster, allocating or
+ * copying as needed; data NULL writes zeros.  Called with meta_lock held,
+ * which it holds across the data write, so no other request maps the
+ * cluster while it changes.
+ *
+ * Concurrent in-place writers (write_locked's fast path) write owned DATA
+ * units outside meta_lock.  So this function never rewrites a byte of an
+ * owned DATA unit that the request does not cover: there it writes exactly
+ * the request's bytes, and it reads-modifies-writes only units that are not
+ * DATA (unallocated or zero: nobody writes them in place) or clusters that
+ * are not yet visible (newly allocated).  See the lock rules in internal.h.
+ *
+ * Only the guest's bytes and real copy-on-write data are written: zeros
+ * come from the file system (a cluster past the old end of the file already
+ * reads as zeros, a reused one gets fallocate), as QEMU does.
+ */
+int
 write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, const void *data)
 {
   const uint64_t cs = img->cluster_size;
   uint64_t gc = guest_offset >> img->cluster_bits;
   uint64_t cstart = gc << img->cluster_bits;
   uint64_t l1_index = gc >> img->l2_bits, idx = gc & (img->l2_entries - 1);
-  uint64_t in = guest_offset - cstart;
-  uint64_t entry, bitmap = 0, new_entry, new_bitmap = 0, host, wfrom, wto;
-  CLEANUP_FREE uint8_t *buf = NULL;
+  uint64_t in = guest_offset - cstart, end = in + len;
+  uint64_t entry, bitmap = 0, new_bitmap = 0, host, unit, u, got, touched_bits = 0;
+  bool by_sc, in_place, fresh = false, has_backing = img->backing != NULL;
+  struct seg segs[MAX_SEGS];
+  unsigned nseg = 0, i;
   struct l2_info info;
   int64_t toff, n;
-  uint8_t *table, *ep;
-  bool fresh = false;
+  uint8_t *table, *ep, *buf;
+
+  if (!img->cow_buf && !(img->cow_buf = aligned_alloc (4096, ROUND_UP (cs, 4096))))
+    return rb_error (ENOMEM, "out of memory");
+  buf = img->cow_buf;           /* one per image: meta_lock is held */
 
   toff = l2_table_for_write (img, l1_index, &table);
   if (toff == -1)
@@ -178,90 +253,100 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
   if (l2_decode (img, entry, &info) == -1)
     goto err;
 
-  buf = malloc (cs);
-  if (!buf) {
-    rb_error (ENOMEM, "out of memory");
-    goto err;
-  }
+  by_sc = img->extended_l2 && info.kind != L2_COMPRESSED;
+  unit = by_sc ? img->subcluster_size : cs;
+  in_place = (info.kind == L2_DATA || info.kind == L2_ZERO_ALLOC) && info.copied;
 
-  /* Which cluster-relative bytes will be written: whole subclusters for
-   * extended L2, the whole cluster otherwise.
-   */
-  if (img->extended_l2 && info.kind != L2_COMPRESSED) {
-    wfrom = ROUND_DOWN (in, img->subcluster_size);
-    wto = ROUND_UP (in + len, img->subcluster_size);
-  }
-  else {
-    wfrom = 0;
-    wto = cs;
-  }
+  /* What each byte of the target cluster gets. */
+  for (u = 0; u < cs; u += unit) {
+    uint64_t uend = u + unit, a = MAX (u, in), b = MIN (uend, end);
+    enum unit_state st;
+    enum seg_kind rest;
 
-  if ((info.kind == L2_DATA || info.kind == L2_ZERO_ALLOC) && info.copied) {
-    host = info.host_offset;              /* owned: write in place (invariant 5) */
-    if (info.kind == L2_DATA && !img->extended_l2) {
-      wfrom = in;
-      wto = in + len;
-    }
-    else if (info.kind == L2_ZERO_ALLOC)
-      memset (buf, 0, cs);
-    else if (fill_old (img, cstart, entry, bitmap, buf, wfrom, in) == -1 ||
-             fill_old (img, cstart, entry, bitmap, buf, in + len, wto) == -1)
+    if (unit_state (img, entry, bitmap, &info, by_sc, u / unit, &st) == -1)
       goto err;
+    if (a >= b) {
+      /* Untouched: a new cluster takes over the old one's data units. */
+      if (!in_place && st == U_DATA)
+        seg_add (segs, &nseg, u, uend, SEG_OLD);
+      continue;
+    }
+    touched_bits |= 1ULL << (u / img->subcluster_size);
+    if (in_place && st == U_DATA) {
+      /* Live data: exactly the request's bytes, zeros written as bytes. */
+      seg_add (segs, &nseg, a, b, SEG_GUEST);
+      continue;
+    }
+    rest = st == U_DATA || (st == U_UNALLOC && has_backing) ? SEG_OLD : SEG_ZERO;
+    seg_add (segs, &nseg, u, a, rest);
+    seg_add (segs, &nseg, a, b, data ? SEG_GUEST : SEG_ZERO);
+    seg_add (segs, &nseg, b, uend, rest);
   }
+
+  if (in_place)
+    host = info.host_offset;              /* owned: write in place (invariant 5) */
   else {
-    n = alloc_clusters (img, 1);
+    n = alloc_clusters_upto (img, 1, &got, &fresh);
     if (n == -1)
       goto err;
     host = n;
-    fresh = true;
-    if (img->extended_l2 && info.kind != L2_COMPRESSED && info.host_offset) {
-      /* Shared cluster: the new one keeps every allocated subcluster. */
-      wfrom = 0;
-      wto = cs;
-    }
-    if (fill_old (img, cstart, entry, bitmap, buf, wfrom, in) == -1 ||
-        fill_old (img, cstart, entry, bitmap, buf, in + len, wto) == -1) {
-      release_unused (img, host, 1);
-      goto err;
-    }
   }
-  memcpy (buf + in, data, len);
 
-  /* Invariant 2: the data (with its copied head and tail) is written before
-   * the L2 entry that exposes it; the cache writes L2 tables only after a sync.
+  /* The bytes to write, in buf; old data that turns out all zero (a sparse
+   * backing file) need not be written either.
    */
-  if (overlap_check (img, host + wfrom, wto - wfrom, OV_DATA) == -1 ||
-      data_pwrite (img, buf + wfrom, wto - wfrom, host + wfrom) == -1) {
-    if (fresh)
-      release_unused (img, host, 1);
-    goto err;
-  }
-  img->data_unsynced = true;
-
-  new_entry = host | QCOW_OFLAG_COPIED;
-  if (img->extended_l2) {
-    uint64_t bits = 0;
-    unsigned sc;
-    if (info.kind == L2_COMPRESSED)
-      bits = ALL_ALLOC_BITS;
-    else {
-      for (sc = wfrom / img->subcluster_size; sc < wto / img->subcluster_size; sc++)
-        bits |= 1ULL << sc;
-      /* Subclusters copied from a shared cluster keep their state. */
-      if (fresh && info.host_offset)
-        bits = (bitmap & ALL_ALLOC_BITS) | bits;
+  for (i = 0; i < nseg; i++) {
+    struct seg *sg = &segs[i];
+    if (sg->kind == SEG_OLD) {
+      if (fill_old (img, cstart, entry, bitmap, buf, sg->from, sg->to) == -1)
+        goto err_release;
+      if (is_zero (buf + sg->from, sg->to - sg->from))
+        sg->kind = SEG_ZERO;
     }
-    new_bitmap = ((bitmap & ~(bits << 32)) | bits);
+    else if (sg->kind == SEG_GUEST) {
+      if (data)
+        memcpy (buf + sg->from, (const uint8_t *) data + (sg->from - in), sg->to - sg->from);
+      else
+        memset (buf + sg->from, 0, sg->to - sg->from);
+    }
+  }
+
+  /* Invariant 2: the data (with its copied head and tail, and the zeroing)
+   * is written before the L2 entry that exposes it; the cache writes L2
+   * tables only after a sync.
+   */
+  if (overlap_check (img, host, cs, OV_DATA) == -1)
+    goto err_release;
+  for (i = 0; i < nseg; ) {
+    unsigned j = i;
+    if (segs[i].kind == SEG_ZERO) {
+      if (zero_host (img, host + segs[i].from, segs[i].to - segs[i].from, fresh) == -1)
+        goto err_release;
+      i++;
+      continue;
+    }
+    while (j + 1 < nseg && segs[j + 1].kind != SEG_ZERO && segs[j + 1].from == segs[j].to)
+      j++;
+    if (data_pwrite (img, buf + segs[i].from, segs[j].to - segs[i].from,
+                     host + segs[i].from) == -1)
+      goto err_release;
+    img->data_unsynced = true;
+    i = j + 1;
+  }
+
+  if (img->extended_l2) {
     if (info.kind == L2_COMPRESSED)
       new_bitmap = ALL_ALLOC_BITS;
+    else
+      new_bitmap = (bitmap & ~(touched_bits << 32)) | touched_bits;
     put_be64 (ep + 8, new_bitmap);
   }
-  put_be64 (ep, new_entry);
+  put_be64 (ep, host | QCOW_OFLAG_COPIED);
   cache_mark_dirty (img->l2_cache, toff);
   cache_put (img->l2_cache, toff);
 
   /* Invariant 4: the old cluster is released only after the new pointer is durable. */
-  if (fresh) {
+  if (!in_place) {
     if (info.kind == L2_COMPRESSED)
       return free_compressed_deferred (img, entry);
     if (info.host_offset)
@@ -269,54 +354,65 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
   }
   return 0;
 
+ err_release:
+  if (!in_place)
+    release_unused (img, host, 1);
  err:
   cache_put (img->l2_cache, toff);
   return -1;
 }
 
 /* Write nr whole clusters at cluster-aligned guest_offset (all under one L2
- * table) into newly allocated contiguous clusters with one data write: the
- * old contents do not matter, so there is nothing to copy.  Under meta_lock.
+ * table) into newly allocated clusters, as few runs as the free space
+ * allows, one data write per run: the old contents do not matter, so there
+ * is nothing to copy.  Under meta_lock.
  */
 static int
 write_whole_clusters (struct rb_image *img, uint64_t guest_offset, uint64_t nr, const void *data)
 {
-  uint64_t gc = guest_offset >> img->cluster_bits, i;
+  uint64_t gc = guest_offset >> img->cluster_bits, i, got;
   uint64_t l1_index = gc >> img->l2_bits, idx = gc & (img->l2_entries - 1);
+  const uint8_t *p = data;
   int64_t toff, host;
   uint8_t *table;
+  bool fresh;
   int r = 0;
 
   toff = l2_table_for_write (img, l1_index, &table);
   if (toff == -1)
     return -1;
-  host = alloc_clusters (img, nr);
-  if (host == -1)
-    goto out_err;
-  /* Invariant 2: data first; the cached L2 entries change after. */
-  if (overlap_check (img, host, nr << img->cluster_bits, OV_DATA) == -1 ||
-      data_pwrite (img, data, nr << img->cluster_bits, host) == -1) {
-    release_unused (img, host, nr);
-    goto out_err;
-  }
-  img->data_unsynced = true;
-  for (i = 0; i < nr; i++) {
-    uint8_t *ep = table + (idx + i) * img->l2_entry_size;
-    uint64_t old = get_be64 (ep);
-    struct l2_info info;
-
-    if (r == 0 && l2_decode (img, old, &info) == 0) {
-      /* Invariant 4: the old cluster goes after the new pointer is durable. */
-      if (info.kind == L2_COMPRESSED)
-        r = free_compressed_deferred (img, old);
-      else if (info.host_offset)
-        r = free_clusters_deferred (img, info.host_offset, 1);
+  while (nr > 0) {
+    host = alloc_clusters_upto (img, nr, &got, &fresh);
+    if (host == -1)
+      goto out_err;
+    /* Invariant 2: data first; the cached L2 entries change after. */
+    if (overlap_check (img, host, got << img->cluster_bits, OV_DATA) == -1 ||
+        data_pwrite (img, p, got << img->cluster_bits, host) == -1) {
+      release_unused (img, host, got);
+      goto out_err;
     }
-    put_be64 (ep, ((uint64_t) host + (i << img->cluster_bits)) | QCOW_OFLAG_COPIED);
-    if (img->extended_l2)
-      put_be64 (ep + 8, ALL_ALLOC_BITS);
+    img->data_unsynced = true;
+    for (i = 0; i < got; i++) {
+      uint8_t *ep = table + (idx + i) * img->l2_entry_size;
+      uint64_t old = get_be64 (ep);
+      struct l2_info info;
+
+      if (r == 0 && l2_decode (img, old, &info) == 0) {
+        /* Invariant 4: the old cluster goes after the new pointer is durable. */
+        if (info.kind == L2_COMPRESSED)
+          r = free_compressed_deferred (img, old);
+        else if (info.host_offset)
+          r = free_clusters_deferred (img, info.host_offset, 1);
+      }
+      put_be64 (ep, ((uint64_t) host + (i << img->cluster_bits)) | QCOW_OFLAG_COPIED);
+      if (img->extended_l2)
+        put_be64 (ep + 8, ALL_ALLOC_BITS);
+    }
+    cache_mark_dirty (img->l2_cache, toff);
+    p += got << img->cluster_bits;
+    idx += got;
+    nr -= got;
   }
-  cache_mark_dirty (img->l2_cache, toff);
   cache_put (img->l2_cache, toff);
   return r;
 
@@ -375,7 +471,7 @@ write_locked (struct rb_image *img, const void *buf, uint64_t count, uint64_t of
 }
 
 /* Make writes durable for FUA (no deferred frees applied). */
-static int
+int
 fua_flush (struct rb_image *img)
 {
   int r;
@@ -404,203 +500,3 @@ rb_pwrite (struct rb_image *img, const void *buf, uint64_t count, uint64_t offse
   return r;
 }
 
-/* True if the guest range reads as zeros without looking at data: a zero
- * run, or unallocated with nothing below.  Under meta_lock.
- */
-static int
-reads_as_zero (struct rb_image *img, uint64_t offset, uint64_t count, bool *zero)
-{
-  struct run r;
-
-  *zero = false;
-  while (count > 0) {
-    if (map_run (img, offset, count, &r) == -1)
-      return -1;
-    if (!(r.kind == RUN_ZERO || (r.kind == RUN_UNALLOC && !img->backing)))
-      return 0;
-    offset += r.length;
-    count -= r.length;
-  }
-  *zero = true;
-  return 0;
-}
-
-/* Set one whole cluster to zero (zero == true) or discard it (trim),
- * metadata only.  Under meta_lock.
- */
-static int
-zero_whole_cluster (struct rb_image *img, uint64_t gc, bool may_trim, bool trim)
-{
-  uint64_t l1_index = gc >> img->l2_bits, idx = gc & (img->l2_entries - 1);
-  uint64_t entry, bitmap = 0, new_entry, new_bitmap = 0, l2_off;
-  struct l2_info info;
-  bool keep, backing = img->backing != NULL;
-  uint8_t *table, *ep;
-  int64_t toff;
-  int r = 0;
-
-  /* Nothing to do where the cluster already reads as zeros and stays so. */
-  if (l1_get_l2_offset (img, l1_index, &l2_off) == -1)
-    return -1;
-  if (l2_off == 0 && !backing)
-    return 0;
-  if (trim && img->version < 3 && backing)
-    return 0;                   /* cannot hide the backing file: trim is advisory */
-  if (l2_off) {
-    if (l2_get_entry (img, gc, &entry, &bitmap, &l2_off) == -1)
-      return -1;
-    if (entry == 0 && bitmap == 0 && !backing)
-      return 0;
-  }
-
-  toff = l2_table_for_write (img, l1_index, &table);
-  if (toff == -1)
-    return -1;
-  ep = table + idx * img->l2_entry_size;
-  entry = get_be64 (ep);
-  bitmap = img->extended_l2 ? get_be64 (ep + 8) : 0;
-  if (l2_decode (img, entry, &info) == -1) {
-    cache_put (img->l2_cache, toff);
-    return -1;
-  }
-  /* Keep the allocation (preallocated zero) only where the entry can say
-   * "zero" while pointing at a cluster: version 3 or extended L2.
-   */
-  keep = !may_trim && !trim && info.copied && img->version >= 3 &&
-    (info.kind == L2_DATA || info.kind == L2_ZERO_ALLOC);
-
-  if (img->extended_l2) {
-    new_entry = keep ? (info.host_offset | QCOW_OFLAG_COPIED) : 0;
-    new_bitmap = (backing || !trim) ? ALL_ZERO_BITS : 0;
-    if (!backing && trim)
-      new_bitmap = 0;
-    put_be64 (ep + 8, new_bitmap);
-  }
-  else if (img->version >= 3 && (backing || !trim))
-    new_entry = keep ? (info.host_offset | QCOW_OFLAG_COPIED | QCOW_OFLAG_ZERO) : QCOW_OFLAG_ZERO;
-  else
-    new_entry = 0;              /* no backing file: unallocated reads as zeros */
-  put_be64 (ep, new_entry);
-  cache_mark_dirty (img->l2_cache, toff);
-  cache_put (img->l2_cache, toff);
-
-  if (!keep) {
-    if (info.kind == L2_COMPRESSED)
-      r = free_compressed_deferred (img, entry);
-    else if (info.host_offset)
-      r = free_clusters_deferred (img, info.host_offset, 1);
-  }
-  return r;
-}
-
-/* Zero or trim [offset, offset+count) with io_lock held shared. */
-static int
-zero_locked (struct rb_image *img, uint64_t count, uint64_t offset, unsigned flags, bool trim)
-{
-  const uint64_t cs = img->cluster_size;
-  CLEANUP_FREE uint8_t *zeros = NULL;
-
-  while (count > 0) {
-    uint64_t in = offset & (cs - 1);
-    uint64_t n = MIN (count, cs - in);
-    bool whole = in == 0 && (n == cs || offset + n == img->size);
-    bool metadata_only = img->version >= 3 || !img->backing;
-    bool zero;
-    int r;
-
-    pthread_mutex_lock (&img->meta_lock);
-    r = prepare_first_write (img);
-    if (r == 0 && whole && (trim || metadata_only))
-      r = zero_whole_cluster (img, offset >> img->cluster_bits,
-                              (flags & RB_MAY_TRIM) != 0, trim);
-    else if (r == 0 && !trim) {
-      r = reads_as_zero (img, offset, n, &zero);
-      if (r == 0 && !zero) {
-        if (!zeros && !(zeros = calloc (1, cs)))
-          r = rb_error (ENOMEM, "out of memory");
-        else
-          r = write_cluster_slow (img, offset, n, zeros);
-      }
-    }
-    pthread_mutex_unlock (&img->meta_lock);
-    if (r == -1)
-      return -1;
-    offset += n;
-    count -= n;
-  }
-  return 0;
-}
-
-int
-rb_zero (struct rb_image *img, uint64_t count, uint64_t offset, unsigned flags)
-{
-  int r;
-
-  if (writable (img) == -1 || check_range (img, count, offset) == -1)
-    return -1;
-  if ((flags & RB_FAST_ZERO) && img->version < 3 && img->backing)
-    return rb_error (ENOTSUP, "fast zero is not possible: version 2 image with a backing file");
-  pthread_rwlock_rdlock (&img->io_lock);
-  r = zero_locked (img, count, offset, flags, false);
-  bitmaps_note_write (img, offset, count);      /* invariant 8 */
-  pthread_rwlock_unlock (&img->io_lock);
-  if (r == 0 && (flags & RB_FUA))
-    r = fua_flush (img);
-  count_stat (img, &img->stats.zeros, &img->stats.zero_bytes, count);
-  return r;
-}
-
-int
-rb_trim (struct rb_image *img, uint64_t count, uint64_t offset, unsigned flags)
-{
-  const uint64_t cs = img->cluster_size;
-  uint64_t start, end;
-  int r = 0;
-
-  if (writable (img) == -1 || check_range (img, count, offset) == -1)
-    return -1;
-  /* Whole clusters only; partial ones are left as they are. */
-  start = ROUND_UP (offset, cs);
-  end = offset + count == img->size ? img->size : ROUND_DOWN (offset + count, cs);
-  pthread_rwlock_rdlock (&img->io_lock);
-  if (end > start)
-    r = zero_locked (img, end - start, start, RB_MAY_TRIM, true);
-  bitmaps_note_write (img, offset, count);      /* invariant 8: the whole range, as QEMU */
-  pthread_rwlock_unlock (&img->io_lock);
-  if (r == 0 && (flags & RB_FUA))
-    r = fua_flush (img);
-  count_stat (img, &img->stats.trims, &img->stats.trim_bytes, count);
-  return r;
-}
-
-/* Flush: write back metadata in dependency order, then release the
- * clusters freed since, once their pointers are durable (invariant 4).
- */
-int
-rb_flush (struct rb_image *img)
-{
-  int r = 0;
-  bool frees;
-
-  if (rb_is_readonly (img))
-    return 0;
-  pthread_rwlock_rdlock (&img->io_lock);
-  pthread_mutex_lock (&img->meta_lock);
-  r = flush_metadata (img);
-  frees = img->nr_frees > 0;
-  pthread_mutex_unlock (&img->meta_lock);
-  pthread_rwlock_unlock (&img->io_lock);
-  if (r == 0 && frees) {
-    pthread_rwlock_wrlock (&img->io_lock);
-    pthread_mutex_lock (&img->meta_lock);
-    r = flush_metadata (img);
-    if (r == 0)
-      r = apply_deferred_frees (img);
-    pthread_mutex_unlock (&img->meta_lock);
-    pthread_rwlock_unlock (&img->io_lock);
-  }
-  pthread_mutex_lock (&img->stats_lock);
-  img->stats.flushes++;
-  pthread_mutex_unlock (&img->stats_lock);
-  return r;
-}

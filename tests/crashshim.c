@@ -1,10 +1,12 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
  * LD_PRELOAD shim for crash tests: lets the N-th write to a file happen (optionally torn), then SIGKILLs.
+ * A write is a pwrite or an fallocate (zeroing a range).
  *
  * RB_CRASH_FILE  count writes to files whose path (as passed to open*) contains this
  * RB_CRASH_AT    N: the N-th write (1-based) is the last one; then kill -9
  * RB_CRASH_TORN  if set, the N-th write lands only its first 512 bytes
  * RB_CRASH_COUNT if set (a path), the number of writes seen is written there at exit
+ * RB_CRASH_ZEROS if set (a path), the number of those that were fallocates, likewise
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -19,7 +21,7 @@
 #include <unistd.h>
 #include <sys/types.h>
 
-static long count, crash_at = -1;
+static long count, zeros, crash_at = -1;
 static int watched[256];
 static ssize_t (*real_pwrite64) (int, const void *, size_t, off_t);
 
@@ -31,6 +33,11 @@ save_count (void)
 
   if (p && (f = fopen (p, "w"))) {
     fprintf (f, "%ld\n", count);
+    fclose (f);
+  }
+  p = getenv ("RB_CRASH_ZEROS");
+  if (p && (f = fopen (p, "w"))) {
+    fprintf (f, "%ld\n", zeros);
     fclose (f);
   }
 }
@@ -98,3 +105,24 @@ pwrite64 (int fd, const void *buf, size_t count_bytes, off_t offset)
 }
 
 ssize_t pwrite (int fd, const void *buf, size_t n, off_t offset) __attribute__((alias ("pwrite64")));
+
+int
+fallocate64 (int fd, int mode, off_t offset, off_t len)
+{
+  static int (*real) (int, int, off_t, off_t);
+  int r;
+
+  if (!real)
+    real = dlsym (RTLD_NEXT, "fallocate64");
+  r = real (fd, mode, offset, len);
+  if (fd >= 0 && fd < 256 && watched[fd]) {
+    zeros++;
+    if (++count == crash_at) {
+      save_count ();
+      kill (getpid (), SIGKILL);
+    }
+  }
+  return r;
+}
+
+int fallocate (int fd, int mode, off_t offset, off_t len) __attribute__((alias ("fallocate64")));

@@ -7,14 +7,26 @@
 RB_TOOL="$top_builddir/tests/rb-tool"
 SHIM="$top_builddir/tests/.libs/crashshim.so"
 
+qemu_check_clean_or_leaks () {
+  run qemu-img check "$1"
+  [ "$status" -eq 0 ] || [ "$status" -eq 3 ] || { echo "$output"; return 1; }
+  [[ "$output" != *ERROR* ]] || { echo "$output"; return 1; }
+}
+
 # every_write OPTIONS SIZE OPS [torn]
+# With STALE=N, N KiB of 0x5a bytes follow the image's clusters in the file: free clusters
+# holding old data, which allocations reuse and must zero (fallocate, itself a crash point).
 every_write () {
   local T="$BATS_TEST_TMPDIR" n total
   qemu-img create -q -f qcow2 -o "$1" "$T/base.qcow2" "$2"
   qemu-img convert -O raw "$T/base.qcow2" "$T/base.raw"
+  if [ -n "${STALE:-}" ]; then
+    head -c $((STALE * 1024)) /dev/zero | tr '\0' '\132' >> "$T/base.qcow2"
+    qemu_check_clean_or_leaks "$T/base.qcow2"
+  fi
   # Count the writes of the whole workload.
   mkdir -p "$T/d"; cp "$T/base.qcow2" "$T/img.qcow2"; cp "$T/base.raw" "$T/d/mirror"
-  RB_CRASH_FILE=img.qcow2 RB_CRASH_COUNT="$T/count" LD_PRELOAD="$SHIM" \
+  RB_CRASH_FILE=img.qcow2 RB_CRASH_COUNT="$T/count" RB_CRASH_ZEROS="$T/zeros" LD_PRELOAD="$SHIM" \
     "$RB_TOOL" random "$T/img.qcow2" "$T/d" 5 "$3"
   total=$(cat "$T/count")
   [ "$total" -gt 20 ]
@@ -43,6 +55,11 @@ every_write () {
 
 @test "crash at every write (extended L2 over 64K clusters, torn)" {
   every_write cluster_size=65536,extended_l2=on 4M 70 torn
+}
+
+@test "crash at every write and zeroing, reusing free clusters that hold old data: never stale data, never corrupt" {
+  STALE=512 every_write cluster_size=4096 4M 90
+  [ "$(cat "$BATS_TEST_TMPDIR/zeros")" -gt 0 ]
 }
 
 @test "rb-convert killed at every write of its output: OUTPUT is absent or valid" {

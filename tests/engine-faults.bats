@@ -172,3 +172,19 @@ fault_case () {
 @test "fault at flush (ENOSPC, always): clean error and no corruption" {
   fault_case flush ENOSPC always
 }
+
+@test "fault at data_zero (EIO, once): clean error and no corruption" {
+  fault_case data_zero EIO once
+}
+
+@test "fault at data_zero (EIO, always): clean error and no corruption" {
+  fault_case data_zero EIO always
+}
+
+@test "fault at data_zero (ENOSPC, once): clean error and no corruption" {
+  fault_case data_zero ENOSPC once
+}
+
+@test "fault at data_zero (ENOSPC, always): clean error and no corruption" {
+  fault_case data_zero ENOSPC always
+}

@@ -137,6 +137,29 @@ serve_read_only_and_probe () {
   [ "$(xxd -p -s "$l1" -l 32 "$IMG")" = "$l1_before" ]
 }
 
+@test "a write to a data cluster that is another active L2 table (not in the cache) is refused as QEMU does; the table survives" {
+  l1=$(patch_qcow2 "$IMG" get l1_table_offset)
+  # L1 entry 2 maps guest 4M..6M (the 0x33 data); point guest cluster 0 at its L2 table.
+  l2b=$(python3 -c "import struct; f = open('$IMG', 'rb'); f.seek($l1 + 16); print(struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00)")
+  [ "$l2b" -gt 0 ]
+  patch_qcow2 "$IMG" l2 0 "COPIED | $l2b"
+  # The oracle: QEMU refuses this write (on a copy: it marks the image corrupt).
+  cp "$IMG" "$T/qemu.qcow2"
+  run qemu-io -c 'write -P 7 0 4k' "$T/qemu.qcow2"
+  [[ "$output" == *"Preventing invalid write on metadata (overlaps with active L2 table)"* ]]
+  table_before=$(xxd -p -s "$l2b" -l 4096 "$IMG" | md5sum)
+  start_rblock_logged "$IMG"
+  run nbd_try "$URI" pwrite 0 4096 7
+  [ "$output" = EIO ]
+  grep -q 'overwrite metadata (an active L2 table)' "$SERVER_LOG" || { cat "$SERVER_LOG"; false; }
+  run nbd_read_hex "$URI" $((4 << 20)) 4
+  [ "$output" = 33333333 ]
+  stop_rblock_logged
+  [ "$(xxd -p -s "$l2b" -l 4096 "$IMG" | md5sum)" = "$table_before" ]
+  # Marked corrupt, as QEMU marks it.
+  qemu-img info --output=json "$IMG" | jq -e '."format-specific".data.corrupt == true'
+}
+
 @test "corrupt images served read-only stay byte-for-byte identical after a full read attempt" {
   patch_qcow2 "$IMG" l2 4096 'COPIED | (eof + 16 * cs)' -- l1 2 'old + 512'
   cp "$IMG" "$T/before.qcow2"

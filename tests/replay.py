@@ -23,6 +23,9 @@ def parse(log):
         elif kind == b'W':
             off, n = struct.unpack('>QQ', data[i+1:i+17])
             cur.append((off, data[i+17:i+17+n])); i += 17 + n
+        elif kind == b'Z':              # a range made to read as zeros (fallocate)
+            off, n = struct.unpack('>QQ', data[i+1:i+17])
+            cur.append((off, bytes(n))); i += 17
         else:
             sys.exit('replay.py: bad log record at byte %d' % i)
     epochs.append(cur)
