@@ -175,3 +175,17 @@ raw_holes () {
     [ "$(stat -c %s "$T/src.raw")" -eq 1048576 ]
   done
 }
+
+@test "rb-convert: sources of 0, 1, 511, 512, 513 and 65537 bytes: identical and clean, qcow2 and raw" {
+  for n in 0 1 511 512 513 65537; do
+    head -c $n /dev/urandom > "$T/s$n.raw"
+    "$RB_CONVERT" "$T/s$n.raw" "$T/s$n.qcow2"
+    assert_same "$T/s$n.raw" "$T/s$n.qcow2"
+    "$RB_CONVERT" -O raw "$T/s$n.raw" "$T/o$n.raw"
+    cmp "$T/s$n.raw" "$T/o$n.raw"
+  done
+  # The empty image is QEMU's: no L1 table.
+  [ "$(qemu-img info --output=json "$T/s0.qcow2" | jq '."virtual-size"')" = 0 ]
+  qemu-img create -q -f qcow2 "$T/q0.qcow2" 0
+  [ "$(stat -c %s "$T/s0.qcow2")" = "$(stat -c %s "$T/q0.qcow2")" ]
+}
