@@ -22,6 +22,8 @@
 static char *filename;              /* file= */
 static uint64_t metadata_cache;     /* metadata-cache= (or the old cache=SIZE) */
 static bool cache_none;             /* cache=none */
+static bool discard_ignore;         /* discard=ignore */
+static enum { DZ_OFF, DZ_ON, DZ_UNMAP } detect_zeroes;  /* detect-zeroes= */
 static bool readonly_param;         /* readonly=true */
 static char *snapshot;              /* snapshot= */
 static char *rpc_listen;            /* rpc= */
@@ -80,6 +82,29 @@ rblock_config (const char *key, const char *value)
                     "default or none)", value, value);
     metadata_cache = sz;
   }
+  else if (strcmp (key, "discard") == 0) {
+    /* As qemu-nbd --discard (off and on are its synonyms). */
+    if (strcmp (value, "unmap") == 0 || strcmp (value, "on") == 0)
+      discard_ignore = false;
+    else if (strcmp (value, "ignore") == 0 || strcmp (value, "off") == 0)
+      discard_ignore = true;
+    else {
+      nbdkit_error ("discard=%s: expected unmap or ignore", value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "detect-zeroes") == 0) {
+    if (strcmp (value, "off") == 0)
+      detect_zeroes = DZ_OFF;
+    else if (strcmp (value, "on") == 0)
+      detect_zeroes = DZ_ON;
+    else if (strcmp (value, "unmap") == 0)
+      detect_zeroes = DZ_UNMAP;
+    else {
+      nbdkit_error ("detect-zeroes=%s: expected off, on or unmap", value);
+      return -1;
+    }
+  }
   else if (strcmp (key, "readonly") == 0) {
     if ((r = nbdkit_parse_bool (value)) == -1)
       return -1;
@@ -112,6 +137,10 @@ rblock_config_complete (void)
     nbdkit_error ("the file=DISK.qcow2 parameter is required");
     return -1;
   }
+  if (detect_zeroes == DZ_UNMAP && discard_ignore) {
+    nbdkit_error ("detect-zeroes=unmap needs discard=unmap (as qemu-nbd)");
+    return -1;
+  }
   return 0;
 }
 
@@ -119,6 +148,8 @@ rblock_config_complete (void)
   "file=<FILENAME>     (required) The qcow2 image to serve.\n" \
   "metadata-cache=<SIZE>          L2/refcount cache size (default 32M).\n" \
   "cache=default|none             none: keep guest data out of the page cache.\n" \
+  "discard=unmap|ignore           Trim frees clusters (default) or does nothing.\n" \
+  "detect-zeroes=off|on|unmap     All-zero writes become zero requests (unmap: may free).\n" \
   "readonly=true                  Open the image read-only (as nbdkit -r).\n" \
   "snapshot=<ID|NAME>             Serve an internal snapshot, read-only.\n" \
   "rpc=tcp:HOST:PORT|unix:PATH    Also serve JSON-RPC 2.0 on this socket.\n" \
@@ -151,6 +182,8 @@ rblock_dump_plugin (void)
   printf ("rblock_external_data_file=no\n");
   printf ("rblock_rpc=yes\n");
   printf ("rblock_cache_none=yes\n");
+  printf ("rblock_discard=unmap,ignore\n");
+  printf ("rblock_detect_zeroes=off,on,unmap\n");
   printf ("rblock_max_request=%u\n", MAX_REQUEST);
 }
 
@@ -338,18 +371,31 @@ rblock_pread (void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t
   return 0;
 }
 
+/* nbdkit's request flags as the engine's; with discard=ignore a zero request
+ * never frees clusters (as QEMU's discard=ignore).
+ */
 static unsigned
 engine_flags (uint32_t flags)
 {
   return ((flags & NBDKIT_FLAG_FUA) ? RB_FUA : 0) |
-    ((flags & NBDKIT_FLAG_MAY_TRIM) ? RB_MAY_TRIM : 0) |
+    ((flags & NBDKIT_FLAG_MAY_TRIM) && !discard_ignore ? RB_MAY_TRIM : 0) |
     ((flags & NBDKIT_FLAG_FAST_ZERO) ? RB_FAST_ZERO : 0);
 }
 
+/* With detect-zeroes=on|unmap an all-zero write is a zero request, which
+ * may free clusters with unmap (as qemu-nbd --detect-zeroes).
+ */
 static int
 rblock_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  if (rb_pwrite (img, buf, count, offset, engine_flags (flags)) == -1) {
+  int r;
+
+  if (detect_zeroes != DZ_OFF && is_zero (buf, count))
+    r = rb_zero (img, count, offset, engine_flags (flags) |
+                 (detect_zeroes == DZ_UNMAP ? RB_MAY_TRIM : 0));
+  else
+    r = rb_pwrite (img, buf, count, offset, engine_flags (flags));
+  if (r == -1) {
     report ();
     return -1;
   }
@@ -366,9 +412,14 @@ rblock_flush (void *handle, uint32_t flags)
   return 0;
 }
 
+/* Trim frees clusters; with discard=ignore it is accepted and does nothing
+ * (trim is advisory), as qemu-nbd --discard=ignore.
+ */
 static int
 rblock_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
+  if (discard_ignore)
+    return 0;
   if (rb_trim (img, count, offset, engine_flags (flags)) == -1) {
     report ();
     return -1;
