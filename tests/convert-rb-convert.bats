@@ -183,7 +183,7 @@ check_output () {
 @test "rb-convert: a read error (EIO) names the offset, exit 2, nothing left (NBD source with nbdkit's error filter)" {
   head -c 4M /dev/urandom > "$T/e.raw"
   nbdkit -U "$T/e.sock" -P "$T/e.pid" --filter=error file "$T/e.raw" error-pread=EIO error-pread-rate=1
-  for i in $(seq 100); do [ -S "$T/e.sock" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "nbdkit's socket" test -S "$T/e.sock"
   run "$RB_CONVERT" "nbd+unix:///?socket=$T/e.sock" "$T/out.qcow2"
   kill "$(cat "$T/e.pid")"
   [ "$status" -eq 2 ]
@@ -213,7 +213,7 @@ check_output () {
   qemu-io -c 'write -P 7 1M 2M' -c 'write -P 9 6M 4k' "$T/img.qcow2" >/dev/null
   cp "$T/old.raw" "$T/export.raw"
   nbdkit -U "$T/x.sock" -P "$T/x.pid" file "$T/export.raw"
-  for i in $(seq 100); do [ -S "$T/x.sock" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "nbdkit's socket" test -S "$T/x.sock"
   run "$RB_CONVERT" -O raw "$T/img.qcow2" "nbd+unix:///?socket=$T/x.sock"
   kill "$(cat "$T/x.pid")"
   [ "$status" -eq 0 ] || { echo "$output"; false; }

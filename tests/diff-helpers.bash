@@ -73,10 +73,7 @@ serve () {
   rm -f "$sock" "$pidf"
   nbdkit -U "$sock" -P "$pidf" "$@" 2>"$BATS_TEST_TMPDIR/$name.err" ||
     { cat "$BATS_TEST_TMPDIR/$name.err"; return 1; }
-  for i in $(seq 100); do
-    [ -S "$sock" ] && [ -s "$pidf" ] && break
-    sleep 0.05
-  done
+  wait_until "$RB_WAIT" "the server's socket and pidfile" eval '[ -S "$sock" ] && [ -s "$pidf" ]' || true
   [ -S "$sock" ] || { echo "nbdkit $name did not start"; return 1; }
   echo "$pidf" >> "$BATS_TEST_TMPDIR/servers"
   NBD_URI="nbd+unix:///?socket=$sock"
@@ -89,10 +86,7 @@ serve_qemu () {
   rm -f "$sock" "$pidf"
   qemu-nbd -r -f "$fmt" -k "$sock" --pid-file="$pidf" --fork "$img" 2>"$BATS_TEST_TMPDIR/$name.err" ||
     { cat "$BATS_TEST_TMPDIR/$name.err"; return 1; }
-  for i in $(seq 100); do
-    [ -S "$sock" ] && [ -s "$pidf" ] && break
-    sleep 0.05
-  done
+  wait_until "$RB_WAIT" "the server's socket and pidfile" eval '[ -S "$sock" ] && [ -s "$pidf" ]' || true
   [ -S "$sock" ] || { echo "qemu-nbd $name did not start"; return 1; }
   echo "$pidf" >> "$BATS_TEST_TMPDIR/servers"
   NBD_URI="nbd+unix:///?socket=$sock"
@@ -106,10 +100,7 @@ stop_servers () {
     [ -s "$pidf" ] || continue
     pid=$(cat "$pidf")
     kill "$pid" 2>/dev/null || true
-    for i in $(seq 200); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.05
-    done
+    wait_until "$RB_WAIT" "server $pid to exit" process_gone "$pid" || true
     kill -9 "$pid" 2>/dev/null || true
   done < "$BATS_TEST_TMPDIR/servers"
   rm -f "$BATS_TEST_TMPDIR/servers"

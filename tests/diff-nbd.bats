@@ -101,15 +101,11 @@ teardown () {
   "$RB_DIFF" --chunk-size 65536 "$T/big" "$NBD_URI" > "$T/out" 2> "$T/err" &
   local diff_pid=$! i
   # Let it get going, then kill the server (by its pid).
-  for i in $(seq 200); do
-    [ "$(grep -c ' Read ' "$T/D.log")" -ge 20 ] && break
-    sleep 0.05
-  done
-  [ "$(grep -c ' Read ' "$T/D.log")" -ge 20 ]
+  wait_until "$RB_WAIT" "20 reads in the server's log" eval '[ "$(grep -c " Read " "$T/D.log")" -ge 20 ]'
   kill -9 "$pid"
   local rc=0
-  for i in $(seq 300); do kill -0 $diff_pid 2>/dev/null || break; sleep 0.05; done
-  kill -0 $diff_pid 2>/dev/null && { kill -9 $diff_pid; echo "rb-diff hung"; return 1; }
+  wait_until "$RB_WAIT" "rb-diff to exit" process_gone "$diff_pid" ||
+    { kill -9 $diff_pid; echo "rb-diff hung; its stderr:"; cat "$T/err"; return 1; }
   wait $diff_pid || rc=$?
   cat "$T/err"
   [ "$rc" -eq 2 ]

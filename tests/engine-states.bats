@@ -2,6 +2,8 @@
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
 # Image states the engine must handle: dirty (lazy refcounts), corrupt bit, QEMU's locks.
 
+load helpers
+
 RB_TOOL="$top_builddir/tests/rb-tool"
 
 setup () {
@@ -56,11 +58,9 @@ make_dirty () {
   # Wait (without taking locks that could make qemu-io fail) until QEMU holds
   # its write lock (byte 101, in /proc/locks).
   ino=$(stat -c %i "$T/l.qcow2")
-  for i in $(seq 200); do
-    awk -v i=":$ino" '$0 ~ i " " && $(NF-1) <= 101 && $NF >= 101 { f = 1 } END { exit !f }' /proc/locks && break
-    kill -0 "$pid"
-    sleep 0.05
-  done
+  wait_until "$RB_WAIT" "qemu-io's write lock (byte 101) in /proc/locks" eval \
+    'awk -v i=":$ino" '"'"'$0 ~ i " " && $(NF-1) <= 101 && $NF >= 101 { f = 1 } END { exit !f }'"'"' /proc/locks'
+  kill -0 "$pid"
   run "$RB_TOOL" write "$T/l.qcow2" 0 512 1
   kill "$pid"; wait "$pid" || true
   [ "$status" -eq 2 ]
@@ -73,11 +73,8 @@ make_dirty () {
   qemu-img convert -O raw "$T/w.qcow2" "$T/d/mirror"
   "$RB_TOOL" random "$T/w.qcow2" "$T/d" 1 100000000 &
   pid=$!
-  for i in $(seq 50); do
-    run qemu-img info "$T/w.qcow2"
-    [[ "$output" == *"lock"* ]] && break
-    sleep 0.1
-  done
+  wait_until "$RB_WAIT" "qemu-img info to be refused the lock" \
+    eval 'run qemu-img info "$T/w.qcow2"; [[ "$output" == *"lock"* ]]'
   kill -9 "$pid"; wait "$pid" || true
   [ "$status" -ne 0 ]
   [[ "$output" == *'Failed to get shared "write" lock'* ]]

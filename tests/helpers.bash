@@ -3,8 +3,58 @@
 
 RBLOCK_SO="$top_builddir/rblock.so"
 
+# Waits are bounded but generous: a busy machine is slow, not broken.  RB_WAIT (seconds)
+# bounds a wait for something that takes well under a second on a quiet machine.
+RB_WAIT=${RB_WAIT:-120}
+
+# wait_until SECONDS WHAT CMD...: run CMD until it succeeds (0), polling quickly at first,
+# then every 0.2 s.  After SECONDS: "timed out after N s waiting for WHAT", 1 (the caller
+# then shows what the server last said).
+wait_until () {
+  local limit=$1 what=$2 start=$SECONDS delay=0.01
+  shift 2
+  until "$@"; do
+    if [ $((SECONDS - start)) -ge "$limit" ]; then
+      echo "timed out after $((SECONDS - start)) s waiting for $what"
+      return 1
+    fi
+    sleep "$delay"
+    case $delay in 0.01) delay=0.05 ;; 0.05) delay=0.1 ;; *) delay=0.2 ;; esac
+  done
+}
+
+# wait_progress PID FILE IDLE CAP WHAT: wait for process PID to end while FILE (its log) keeps
+# growing: it may run as long as it makes progress, IDLE seconds at most without a new byte
+# in FILE, CAP seconds in all.  0 when PID ended (its status is the caller's to collect);
+# otherwise 1, after "WHAT made no progress for N s" (or "ran past N s") and FILE's last lines.
+wait_progress () {
+  local pid=$1 file=$2 idle=$3 cap=$4 what=$5 start=$SECONDS seen=$SECONDS size=-1 now_size
+  while kill -0 "$pid" 2>/dev/null; do
+    now_size=$(stat -c %s "$file" 2>/dev/null || echo 0)
+    [ "$now_size" = "$size" ] || { size=$now_size; seen=$SECONDS; }
+    if [ $((SECONDS - seen)) -ge "$idle" ] || [ $((SECONDS - start)) -ge "$cap" ]; then
+      if [ $((SECONDS - start)) -ge "$cap" ]; then
+        echo "$what ran past $cap s (still writing to its log)"
+      else
+        echo "$what made no progress for $idle s (nothing new in its log after $((seen - start)) s)"
+      fi
+      echo "last lines of $file:"; tail -20 "$file"
+      return 1
+    fi
+    sleep 1
+  done
+  echo "$what ended after $((SECONDS - start)) s"
+}
+
 # nbdsh runs "python3 -m nbd": use the system python3 (it has python3-libnbd).
 nbdsh () { PATH="/usr/bin:$PATH" command nbdsh "$@"; }
+
+# process_gone PID: PID has exited (gone, or a zombie nobody reaped yet).
+process_gone () {
+  local st
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 0
+  [[ $st == Z* ]]
+}
 
 # start_rblock IMAGE [nbdkit options and plugin parameters...]
 # Serves IMAGE on $BATS_TEST_TMPDIR/nbd.sock; sets URI.  Options before the
@@ -28,26 +78,21 @@ start_nbdkit () {
   rm -f "$SOCK" "$PIDFILE"
   nbdkit -U "$SOCK" -P "$PIDFILE" "$@" \
     2>"$BATS_TEST_TMPDIR/nbdkit.err" || { cat "$BATS_TEST_TMPDIR/nbdkit.err"; return 1; }
-  local i
-  for i in $(seq 200); do
-    [ -S "$SOCK" ] && [ -s "$PIDFILE" ] && return 0
-    sleep 0.05
-  done
-  echo "nbdkit did not start"; cat "$BATS_TEST_TMPDIR/nbdkit.err"; return 1
+  wait_until "$RB_WAIT" "nbdkit's socket and pidfile" eval '[ -S "$SOCK" ] && [ -s "$PIDFILE" ]' ||
+    { echo "nbdkit's stderr:"; cat "$BATS_TEST_TMPDIR/nbdkit.err"; return 1; }
 }
 
 # stop_rblock: stop the server started by start_rblock and wait until it is gone
 # (so the image is closed, flushed and unlocked).
 stop_rblock () {
   [ -n "${PIDFILE:-}" ] && [ -s "$PIDFILE" ] || return 0
-  local pid i
+  local pid
   pid=$(cat "$PIDFILE")
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 200); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }
-    sleep 0.05
-  done
-  echo "nbdkit $pid did not stop"; kill -9 "$pid" 2>/dev/null; return 1
+  wait_until "$RB_WAIT" "nbdkit $pid to exit" process_gone "$pid" ||
+    { ps -o pid,stat,wchan:20,etime,args -p "$pid"; echo "nbdkit's stderr:"
+      tail -20 "$BATS_TEST_TMPDIR/nbdkit.err" 2>/dev/null; kill -9 "$pid" 2>/dev/null; return 1; }
+  rm -f "$PIDFILE"
 }
 
 # qemu_check_clean IMAGE: qemu-img check says no errors and no leaks.

@@ -108,11 +108,8 @@ start_rblock_logged () {
   nbdkit -f "${nbdkit_opts[@]}" -U "$SOCK" -P "$PIDFILE" "$RBLOCK_SO" file="$img" \
     "${params[@]}" </dev/null >"$SERVER_LOG" 2>&1 3>&- &
   SERVER_PID=$!
-  for i in $(seq 200); do
+  wait_until "$RB_WAIT" "nbdkit's socket and pidfile" eval '[ -S "$SOCK" ] && [ -s "$PIDFILE" ] || ! server_alive' &&
     [ -S "$SOCK" ] && [ -s "$PIDFILE" ] && return 0
-    server_alive || break
-    sleep 0.05
-  done
   echo "nbdkit did not start:"; cat "$SERVER_LOG"; stop_rblock_logged; return 1
 }
 
@@ -130,11 +127,7 @@ stop_rblock_logged () {
   local pid=$SERVER_PID st=0 i
   SERVER_PID=
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 200); do
-    st=$(ps -o stat= -p "$pid" 2>/dev/null) || break
-    [[ "$st" == Z* ]] && break
-    sleep 0.05
-  done
+  wait_until "$RB_WAIT" "nbdkit $pid to exit" process_gone "$pid" || true
   if ps -o stat= -p "$pid" 2>/dev/null | grep -q -v '^Z'; then
     echo "nbdkit $pid did not stop"; kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return 1
   fi

@@ -164,7 +164,7 @@ except nbd.Error as e:
   start_nbdkit -v "$RBLOCK_SO" file="$img" rpc="unix:$RSOCK" rpc-writable=true
   WIMG="$wimg" probe "$img" 1
   grep -q "serving read-only: .*cannot open for writing" "$T/nbdkit.err"
-  for i in $(seq 100); do [ -S "$RSOCK" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "the RPC socket" test -S "$RSOCK"
   r=$(rpc '{"jsonrpc":"2.0","method":"write","params":{"offset":0,"data":"UlBD"},"id":1}')
   [ "$(jq .error.data.errno <<< "$r")" = 30 ]      # EROFS
   stop_rblock
@@ -178,7 +178,7 @@ except nbd.Error as e:
   write='{"jsonrpc":"2.0","method":"write","params":{"offset":0,"data":"UlBD"},"id":1}'
   avail='{"jsonrpc":"2.0","method":"list_methods","id":2}'
   start_nbdkit --threads 4 -r "$RBLOCK_SO" file="$img" rpc="unix:$RSOCK" rpc-writable=true
-  for i in $(seq 100); do [ -S "$RSOCK" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "the RPC socket" test -S "$RSOCK"
   probe "$img" 1
   r=$(rpc "$write")
   [ "$(jq .error.data.errno <<< "$r")" = 30 ]
@@ -188,7 +188,7 @@ except nbd.Error as e:
   cmp "$img" "$T/copy.qcow2"
   # Without -r: refused until an NBD client that may write has connected, then served.
   start_nbdkit "$RBLOCK_SO" file="$img" rpc="unix:$RSOCK" rpc-writable=true
-  for i in $(seq 100); do [ -S "$RSOCK" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "the RPC socket" test -S "$RSOCK"
   [ "$(rpc "$write" | jq .error.data.errno)" = 30 ]
   cmp "$img" "$T/copy.qcow2"
   nbdsh -u "$URI" -c 'assert not h.is_read_only()'

@@ -239,8 +239,9 @@ PY
   qemu-img create -q -f qcow2 "$T/f.qcow2" 8M
   start_rblock "$T/f.qcow2"
   qemu-io -f raw -c 'write -f -P 9 0 1M' "$URI" >/dev/null
-  kill -9 "$(cat "$PIDFILE")"; rm -f "$PIDFILE"
-  sleep 0.2
+  pid=$(cat "$PIDFILE")
+  kill -9 "$pid"; rm -f "$PIDFILE"
+  wait_until "$RB_WAIT" "the killed nbdkit to be gone (its locks released)" process_gone "$pid"
   ! qemu-io -c 'read -P 9 0 1M' "$T/f.qcow2" | grep -q failed
   qemu_check_clean "$T/f.qcow2"
 }

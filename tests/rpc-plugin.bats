@@ -21,7 +21,7 @@ rpc () {
 
 @test "plugin + JSON-RPC at once: written over NBD, read over the embedded socket; stats count NBD" {
   start_rblock "$IMG" rpc="unix:$RSOCK" rpc-writable=true
-  for i in $(seq 100); do [ -S "$RSOCK" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "the RPC socket" test -S "$RSOCK"
   nbdsh -u "$URI" -c 'h.pwrite(b"written over NBD", 7 * 65536 + 5)'
   got=$(rpc '{"jsonrpc":"2.0","method":"read","params":{"offset":458757,"length":16},"id":1}' | jq -r .result.data | base64 -d)
   [ "$got" = "written over NBD" ]

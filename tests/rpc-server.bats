@@ -24,7 +24,8 @@ teardown () {
 start_rpc () {   # [options]
   "$RB_RPC" -l "unix:$RSOCK" "$@" "$IMG" 2>"$T/rpc.err" &
   RPID=$!
-  for i in $(seq 100); do [ -S "$RSOCK" ] && return 0; sleep 0.05; done
+  wait_until "$RB_WAIT" "rb-rpc's socket" eval '[ -S "$RSOCK" ] || process_gone "$RPID"' &&
+    [ -S "$RSOCK" ] && return 0
   cat "$T/rpc.err"; return 1
 }
 
@@ -181,23 +182,25 @@ bad () {
 }
 
 @test "rpc: connections over --max-connections are told so; idle ones are closed after --idle-timeout" {
-  start_rpc --max-connections 3 --idle-timeout 4
-  pids=()
-  for i in 1 2 3; do (sleep 20 | nc -U "$RSOCK" >/dev/null) & pids+=($!); done
-  # Bounded wait until the three are in: then a fourth is refused.
-  for i in $(seq 30); do
-    out=$(rpc '{"jsonrpc":"2.0","method":"get_version","id":1}')
-    [[ "$out" == *"too many connections"* ]] && break
-    sleep 0.1
-  done
-  [[ "$out" == *"too many connections"* ]]
-  # Idle for 4 s, they are closed; then a new connection is served (bounded wait).
-  for i in $(seq 100); do
-    out=$(rpc '{"jsonrpc":"2.0","method":"get_version","id":2}')
-    [[ "$out" == *'"id":2'* ]] && break
-    sleep 0.1
-  done
+  local i t0 pids=()
+  # No idle timeout to race with (a busy machine is slow): three silent connections fill the
+  # server, then a fourth is refused.
+  start_rpc --max-connections 3 --idle-timeout 600
+  for i in 1 2 3; do nc -d -U "$RSOCK" >/dev/null & pids+=($!); done
+  wait_until "$RB_WAIT" "a fourth connection to be refused" \
+    eval 'out=$(rpc '"'"'{"jsonrpc":"2.0","method":"get_version","id":1}'"'"'); [[ "$out" == *"too many connections"* ]]'
   kill "${pids[@]}" 2>/dev/null || true
+  kill "$RPID"; wait "$RPID" 2>/dev/null || true; RPID=
+  # Idle connections are closed by the server (nc -d ends when the server closes), not before
+  # --idle-timeout has passed; then a new connection is served.
+  rm -f "$RSOCK"
+  start_rpc --max-connections 3 --idle-timeout 2
+  t0=$EPOCHREALTIME pids=()
+  for i in 1 2 3; do nc -d -U "$RSOCK" >/dev/null & pids+=($!); done
+  wait_until "$RB_WAIT" "the server to close its idle connections" \
+    eval 'process_gone ${pids[0]} && process_gone ${pids[1]} && process_gone ${pids[2]}'
+  awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { exit !(b - a >= 2) }'
+  out=$(rpc '{"jsonrpc":"2.0","method":"get_version","id":2}')
   [ "$(echo "$out" | jq .id)" = 2 ]
 }
 
@@ -216,7 +219,9 @@ bad () {
   for port in $(shuf -i 20000-60000 -n 20); do
     "$RB_RPC" -l "tcp:127.0.0.1:$port" "$IMG" 2>"$T/rpc.err" &
     RPID=$!
-    for i in $(seq 40); do nc -z 127.0.0.1 "$port" 2>/dev/null && break 2; sleep 0.05; done
+    # Listening, or gone (the port was taken): try the next port only then.
+    wait_until "$RB_WAIT" "rb-rpc on port $port" eval 'nc -z 127.0.0.1 "$port" 2>/dev/null || process_gone "$RPID"'
+    nc -z 127.0.0.1 "$port" 2>/dev/null && break
     kill "$RPID" 2>/dev/null; wait "$RPID" 2>/dev/null; RPID=
   done
   [ -n "$RPID" ]

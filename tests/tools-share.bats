@@ -14,7 +14,7 @@ teardown () {
   if [ -s "$T/qnbd.pid" ]; then
     pid=$(cat "$T/qnbd.pid")
     kill "$pid" 2>/dev/null || true
-    for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    wait_until "$RB_WAIT" "qemu-nbd $pid to exit" process_gone "$pid"
   fi
 }
 
@@ -23,7 +23,7 @@ hold_writable () {
   rm -f "$T/qnbd.sock" "$T/qnbd.pid"
   qemu-nbd -f qcow2 -k "$T/qnbd.sock" --pid-file="$T/qnbd.pid" --fork "$1" 2>"$T/qnbd.err" ||
     { cat "$T/qnbd.err"; return 1; }
-  for i in $(seq 100); do [ -s "$T/qnbd.pid" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "qemu-nbd's pidfile" test -s "$T/qnbd.pid"
   [ -s "$T/qnbd.pid" ]
   # The lock is really held: qemu-img itself is refused.
   run qemu-img info "$1"
