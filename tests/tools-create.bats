@@ -15,7 +15,7 @@ teardown () {
   if [ -s "$T/qnbd.pid" ]; then
     pid=$(cat "$T/qnbd.pid")
     kill "$pid" 2>/dev/null || true
-    for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    wait_until "$RB_WAIT" "qemu-nbd $pid to exit" process_gone "$pid"
   fi
 }
 
@@ -172,7 +172,7 @@ EOF
   [ "$status" -eq 2 ] && [[ "$stderr" == *"backing file itself"* ]]
   rm -f "$T/qnbd.pid"
   qemu-nbd -f qcow2 -k "$T/qnbd.sock" --pid-file="$T/qnbd.pid" --fork old.qcow2
-  for i in $(seq 100); do [ -s "$T/qnbd.pid" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "qemu-nbd's pidfile" test -s "$T/qnbd.pid"
   run --separate-stderr "$RB_CREATE" --force old.qcow2 4M
   [ "$status" -eq 2 ] && [[ "$stderr" == *"in use by another process"* ]]
   teardown
