@@ -197,27 +197,15 @@ rb_writer_abort (struct rb_writer *w)
   free (w);
 }
 
-/* Create path (O_EXCL unless overwrite) for an image that will hold at most
- * max_data_clusters clusters of data.  Returns the writer or NULL.
+/* Lay out w (options checked) for at most max_data_clusters clusters of
+ * data: [header][refcount table][refcount blocks][L1][data ...][L2 tables],
+ * the refcount blocks sized for an upper bound of the final file.  0 / -1.
  */
-static struct rb_writer *
-writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
-            uint64_t max_data_clusters, bool compress)
+static int
+layout (struct rb_writer *w, uint64_t max_data_clusters)
 {
-  struct rb_writer *w = calloc (1, sizeof *w);
   uint64_t total, l2_bound;
 
-  if (!w) {
-    rb_error (ENOMEM, "out of memory");
-    return NULL;
-  }
-  w->fd = -1;
-  if (check_opts (opts, &w->o) == -1) {
-    w->o.backing_file = w->o.backing_format = NULL;
-    goto err;
-  }
-  w->o.backing_file = w->o.backing_format = NULL;     /* copied below */
-  w->path = strdup (path);
   w->cs = w->o.cluster_size;
   w->cluster_bits = __builtin_ctzll (w->cs);
   while ((1U << w->refcount_order) < w->o.refcount_bits)
@@ -225,10 +213,8 @@ writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
   w->entry_size = w->o.extended_l2 ? 16 : 8;
   w->l2_entries = w->cs / w->entry_size;
   w->l1_size = DIV_ROUND_UP (w->o.size, w->cs * w->l2_entries);
-  if (w->l1_size * 8 > QCOW_MAX_L1_BYTES) {
-    rb_error (EINVAL, "virtual size too large for %" PRIu64 "-byte clusters", w->cs);
-    goto err;
-  }
+  if (w->l1_size * 8 > QCOW_MAX_L1_BYTES)
+    return rb_error (EINVAL, "virtual size too large for %" PRIu64 "-byte clusters", w->cs);
   w->l1_clusters = DIV_ROUND_UP (w->l1_size * 8, w->cs);    /* 0 for an empty disk, as QEMU */
   w->rb_entries = w->cs * 8 / w->o.refcount_bits;
   w->rt_clusters = w->rb_clusters = 1;
@@ -246,14 +232,37 @@ writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
     else
       w->rt_clusters++;
   }
-  if (w->rt_clusters * w->cs > MAX (QCOW_MAX_REFTABLE_BYTES, w->cs)) {
-    rb_error (EFBIG, "image too large for %" PRIu64 "-byte clusters", w->cs);
-    goto err;
-  }
+  if (w->rt_clusters * w->cs > MAX (QCOW_MAX_REFTABLE_BYTES, w->cs))
+    return rb_error (EFBIG, "image too large for %" PRIu64 "-byte clusters", w->cs);
   w->rt_off = w->cs;
   w->rb_off = w->rt_off + w->rt_clusters * w->cs;
   w->l1_off = w->rb_off + w->rb_clusters * w->cs;
   w->next = w->l1_off + w->l1_clusters * w->cs;
+  return 0;
+}
+
+/* Create path (O_EXCL unless overwrite) for an image that will hold at most
+ * max_data_clusters clusters of data.  Returns the writer or NULL.
+ */
+static struct rb_writer *
+writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
+            uint64_t max_data_clusters, bool compress)
+{
+  struct rb_writer *w = calloc (1, sizeof *w);
+
+  if (!w) {
+    rb_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  w->fd = -1;
+  if (check_opts (opts, &w->o) == -1) {
+    w->o.backing_file = w->o.backing_format = NULL;
+    goto err;
+  }
+  w->o.backing_file = w->o.backing_format = NULL;     /* copied below */
+  w->path = strdup (path);
+  if (layout (w, max_data_clusters) == -1)
+    goto err;
   w->l2 = calloc (MAX (w->l1_size, 1), sizeof *w->l2);
   w->compress = compress;
   if (compress)
@@ -285,6 +294,23 @@ rb_writer_new (const char *path, const struct rb_create_opts *opts, bool overwri
     return NULL;
   }
   return writer_new (path, opts, overwrite, max_data_clusters, compress);
+}
+
+int
+rb_writer_measure (const struct rb_create_opts *opts, uint64_t max_data_clusters,
+                   uint64_t nr_data, uint64_t nr_l2, uint64_t *file_size)
+{
+  struct rb_writer w;
+
+  memset (&w, 0, sizeof w);
+  if (check_opts (opts, &w.o) == -1 || layout (&w, max_data_clusters) == -1)
+    return -1;
+  if (nr_data > max_data_clusters || nr_l2 > w.l1_size)
+    return rb_error (EINVAL, "writer: %" PRIu64 " data clusters and %" PRIu64 " L2 tables "
+                     "do not fit the layout", nr_data, nr_l2);
+  /* As rb_writer_finish: the data, then the L2 tables, after the L1 table. */
+  *file_size = w.next + (nr_data + nr_l2) * w.cs;
+  return 0;
 }
 
 static uint8_t *l2_slot (struct rb_writer *w, uint64_t gc);

@@ -350,6 +350,12 @@ int rb_writer_copy_run (struct rb_writer *w, uint64_t guest_cluster, int fd, uin
  * an incomplete file).
  */
 void rb_writer_no_sync (struct rb_writer *w);
+/* The size of the file a writer made with (opts, max_data_clusters) leaves
+ * after nr_data uncompressed data clusters in nr_l2 L2 tables (rb-measure).
+ * Creates nothing.  0 / -1 (options refused).
+ */
+int rb_writer_measure (const struct rb_create_opts *opts, uint64_t max_data_clusters,
+                       uint64_t nr_data, uint64_t nr_l2, uint64_t *file_size);
 int rb_writer_finish (struct rb_writer *w);
 void rb_writer_abort (struct rb_writer *w);
 
