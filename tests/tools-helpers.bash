@@ -89,3 +89,14 @@ make_matrix () {
     r-convert.qcow2 r-zstd.qcow2 r-delta.qcow2 > "$d/list"
   cat "$d/list"
 }
+
+# For a suite's setup_file and setup: the matrix in $M (built once), $T the test's folder.
+matrix_setup_file () {
+  M="$BATS_FILE_TMPDIR/m"
+  mkdir -p "$M"
+  make_matrix "$M" > /dev/null
+}
+matrix_setup () {
+  M="$BATS_FILE_TMPDIR/m"
+  T="$BATS_TEST_TMPDIR"
+}

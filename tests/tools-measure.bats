@@ -6,16 +6,9 @@ bats_require_minimum_version 1.5.0
 load helpers
 load tools-helpers
 
-setup_file () {
-  M="$BATS_FILE_TMPDIR/m"
-  mkdir -p "$M"
-  make_matrix "$M" > /dev/null
-}
-
-setup () {
-  M="$BATS_FILE_TMPDIR/m"
-  T="$BATS_TEST_TMPDIR"
-}
+# The matrix, built once for the suite, in $M; $T is the test's folder.
+setup_file () { matrix_setup_file; }
+setup () { matrix_setup; }
 
 # What may differ from qemu-img measure, and why: qemu-img's "required" is the
 # fully allocated image's metadata (every L2 table of the disk, and refcount
