@@ -23,8 +23,11 @@ qemu_map () {
 
 # qemu_dirty IMAGE NAME: merged "offset length" dirty runs of bitmap NAME, read by QEMU.
 qemu_dirty () {
-  qemu_map "$1" "$2" > "$BATS_TEST_TMPDIR/qemu_map.out" || return 1
-  bitmap_io dirty < "$BATS_TEST_TMPDIR/qemu_map.out"
+  local f r=0
+  f=$(mktemp "$BATS_TEST_TMPDIR/map.XXXXXX")      # callers may run side by side
+  qemu_map "$1" "$2" > "$f" && bitmap_io dirty < "$f" || r=1
+  rm -f "$f"
+  return $r
 }
 
 # patch_bitmap IMAGE NAME FIELD VALUE: set a directory entry field (type, flags) on disk.
