@@ -105,8 +105,12 @@ struct run {
   bool zero;
 };
 
-/* A chunk handed from the scanner to the writing (main) thread. */
-#define NR_SLOTS 4
+/* A chunk handed from the scanner to the writing (main) thread.  Mapped
+ * chunks cost no memory: up to 16 in flight (64 MiB) absorb the scanner's
+ * hiccups; chunks read into buffers: 4 (16 MiB).
+ */
+#define NR_SLOTS 16
+#define NR_READ_SLOTS 4
 struct slot {
   bool ready;                      /* filled by the scanner, not yet done by main */
   bool last;                       /* nothing after this one */
@@ -129,7 +133,8 @@ struct convert {
   pthread_mutex_t lock;            /* protects the slots' ready flags */
   pthread_cond_t cond;
   struct slot slots[NR_SLOTS];
-  unsigned fill;                   /* scanner: next slot to fill (mod NR_SLOTS) */
+  unsigned nr_slots;               /* in use: NR_SLOTS or NR_READ_SLOTS */
+  unsigned fill;                   /* scanner: next slot to fill (mod nr_slots) */
   struct slot *cur;                /* scanner: the slot being filled */
   char end_msg[1024];              /* scanner: a window found changed at the end */
 };
@@ -153,7 +158,7 @@ fail (struct convert *cv)
 static int
 slot_take (struct convert *cv)
 {
-  struct slot *sl = &cv->slots[cv->fill++ % NR_SLOTS];
+  struct slot *sl = &cv->slots[cv->fill++ % cv->nr_slots];
 
   pthread_mutex_lock (&cv->lock);
   while (sl->ready)
@@ -316,9 +321,10 @@ convert_all (struct convert *cv)
   unsigned i;
   int err;
 
+  cv->nr_slots = source_file_fd (cv->src) >= 0 ? NR_SLOTS : NR_READ_SLOTS;
   pthread_mutex_init (&cv->lock, NULL);
   pthread_cond_init (&cv->cond, NULL);
-  for (i = 0; i < NR_SLOTS; i++) {
+  for (i = 0; i < cv->nr_slots; i++) {
     cv->slots[i].max_runs = max_runs;
     cv->slots[i].runs = calloc (max_runs, sizeof (struct run));
     if (!cv->slots[i].runs)
@@ -328,7 +334,7 @@ convert_all (struct convert *cv)
   if (err)
     die (EXIT_TROUBLE, "cannot start a thread: %s", strerror (err));
   for (i = 0;; i++) {
-    struct slot *sl = &cv->slots[i % NR_SLOTS];
+    struct slot *sl = &cv->slots[i % cv->nr_slots];
     size_t k;
     bool last;
 

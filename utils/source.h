@@ -122,7 +122,7 @@ int source_extents (struct source *s, uint64_t offset, uint64_t count,
  * source_unmap of any window then fails naming the input: what was read is
  * not the input.
  */
-#define SOURCE_MAX_WINDOWS 16
+#define SOURCE_MAX_WINDOWS 32
 struct source_window {
   void *addr;                      /* page-aligned start, NULL if none */
   size_t len;
