@@ -460,22 +460,39 @@ map_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
   return 0;
 }
 
+/* Optional "offset" (default 0) and "length" (default: to the end of the
+ * disk) inside the disk.  0 / -1.
+ */
+static int
+get_range (struct rpc_ctx *ctx, json_object *params, uint64_t *offset, uint64_t *length,
+           struct rpc_error *err)
+{
+  uint64_t size = rb_get_size (ctx->img);
+
+  if (get_u64 (params, "offset", false, 0, offset, err) == -1)
+    return -1;
+  if (*offset > size) {
+    fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is beyond the end of the disk", "offset");
+    return -1;
+  }
+  if (get_u64 (params, "length", false, size - *offset, length, err) == -1)
+    return -1;
+  if (*length > size - *offset) {
+    fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" runs beyond the end of the disk", "length");
+    return -1;
+  }
+  return 0;
+}
+
 static json_object *
 method_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
 {
   static const char *const names[] = { "offset", "length", NULL };
-  uint64_t size = rb_get_size (ctx->img), offset, length;
+  uint64_t offset, length;
   struct map_acc acc;
 
-  if (only_params (params, names, err) == -1 ||
-      get_u64 (params, "offset", false, 0, &offset, err) == -1)
+  if (only_params (params, names, err) == -1 || get_range (ctx, params, &offset, &length, err) == -1)
     return NULL;
-  if (offset > size)
-    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is beyond the end of the disk", "offset");
-  if (get_u64 (params, "length", false, size - offset, &length, err) == -1)
-    return NULL;
-  if (length > size - offset)
-    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" runs beyond the end of the disk", "length");
   acc.img = ctx->img;
   acc.a = json_object_new_array ();
   acc.n = 0;
@@ -618,6 +635,94 @@ method_flush (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   return json_object_new_boolean (1);
 }
 
+/* ---- persistent dirty bitmaps ---- */
+
+static json_object *
+method_bitmaps (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+  struct rb_bitmap_info *v;
+  json_object *a;
+  size_t nr, i;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  if (rb_bitmap_list (ctx->img, &v, &nr) == -1)
+    return engine_error (err);
+  a = json_object_new_array ();
+  for (i = 0; i < nr; i++) {
+    json_object *o = json_object_new_object (), *fl = json_object_new_array ();
+    if (v[i].flags & RB_BITMAP_IN_USE)
+      json_object_array_add (fl, json_object_new_string ("in-use"));
+    if (v[i].flags & RB_BITMAP_AUTO)
+      json_object_array_add (fl, json_object_new_string ("auto"));
+    json_object_object_add (o, "name", json_object_new_string (v[i].name));
+    json_object_object_add (o, "granularity", j_u64 (v[i].granularity));
+    json_object_object_add (o, "flags", fl);
+    if (v[i].have_count)
+      json_object_object_add (o, "count", j_u64 (v[i].dirty_bytes));
+    json_object_object_add (o, "live", json_object_new_boolean (v[i].live));
+    if (!v[i].supported)
+      json_object_object_add (o, "supported", json_object_new_boolean (false));
+    json_object_array_add (a, o);
+  }
+  free (v);
+  return a;
+}
+
+struct dirty_acc {
+  json_object *a;
+  unsigned n;
+};
+
+static int
+dirty_extent (void *opaque, uint64_t offset, uint64_t length, bool dirty)
+{
+  struct dirty_acc *acc = opaque;
+  json_object *e;
+
+  if (++acc->n > 100000) {
+    errno = E2BIG;
+    return -1;
+  }
+  e = json_object_new_object ();
+  json_object_object_add (e, "start", j_u64 (offset));
+  json_object_object_add (e, "length", j_u64 (length));
+  json_object_object_add (e, "dirty", json_object_new_boolean (dirty));
+  json_object_array_add (acc->a, e);
+  return 0;
+}
+
+/* The runs of one bitmap: the live state while this process writes the
+ * image, what QEMU's qemu:dirty-bitmap meta context would say otherwise.
+ */
+static json_object *
+method_bitmap_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "name", "offset", "length", NULL };
+  uint64_t offset, length;
+  struct dirty_acc acc = { .n = 0 };
+  json_object *v;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  if (!params || !json_object_object_get_ex (params, "name", &v))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: missing \"%s\"", "name");
+  if (!json_object_is_type (v, json_type_string))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be a string", "name");
+  if (get_range (ctx, params, &offset, &length, err) == -1)
+    return NULL;
+  acc.a = json_object_new_array ();
+  if (rb_bitmap_extents (ctx->img, json_object_get_string (v), offset, length,
+                         dirty_extent, &acc) == -1) {
+    json_object_put (acc.a);
+    if (acc.n > 100000)
+      return fail (err, RPC_INVALID_PARAMS, "Invalid params: the range has too many extents; ask for a shorter %s", "length");
+    return engine_error (err);
+  }
+  return acc.a;
+}
+
 const struct rpc_method rpc_methods[] = {
   { "get_version", method_get_version, false, "", "name and version of the server" },
   { "info", method_info, false, "", "header fields, features, extensions, backing chain, snapshots" },
@@ -631,6 +736,9 @@ const struct rpc_method rpc_methods[] = {
   { "check", method_check, false, "", "corruptions and leaks, as qemu-img check" },
   { "stats", method_stats, false, "", "requests and bytes by kind (NBD traffic included)" },
   { "list_methods", method_list_methods, false, "", "this list" },
+  { "bitmaps", method_bitmaps, false, "", "persistent dirty bitmaps: name, granularity, flags, count" },
+  { "bitmap_map", method_bitmap_map, false, "name, [offset], [length]",
+    "dirty/clean runs of a bitmap (live while served)" },
   { "write", method_write, true, "offset, data (base64), [fua]", "write guest bytes (writable only)" },
   { "flush", method_flush, true, "", "make every write durable (writable only)" },
   { NULL, NULL, false, NULL, NULL },

@@ -68,3 +68,20 @@ assert_bitmap_holds () {
   diff "$BATS_TEST_TMPDIR/want.$name" "$BATS_TEST_TMPDIR/got.$name" ||
     { echo "bitmap $name of $img differs (< expected, > QEMU's)"; return 1; }
 }
+
+# rpc_dirty SOCKET NAME [OFFSET LENGTH]: merged dirty runs of bitmap NAME from the JSON-RPC
+# method bitmap_map on a Unix socket (the same format as qemu_dirty).
+rpc_dirty () {
+  local params="{\"name\":\"$2\"${3:+,\"offset\":$3,\"length\":$4}}"
+  printf '{"jsonrpc":"2.0","method":"bitmap_map","params":%s,"id":1}' "$params" |
+    timeout 20 nc -N -U "$1" > "$BATS_TEST_TMPDIR/rpc.out" || return 1
+  jq -e .result "$BATS_TEST_TMPDIR/rpc.out" >/dev/null || { cat "$BATS_TEST_TMPDIR/rpc.out"; return 1; }
+  jq -r '.result[] | "\(.start) \(.length) \(if .dirty then 1 else 0 end)"' "$BATS_TEST_TMPDIR/rpc.out" |
+    bitmap_io dirty
+}
+
+# rpc_call SOCKET METHOD [PARAMS]: the whole reply of one request.
+rpc_call () {
+  printf '{"jsonrpc":"2.0","method":"%s"%s,"id":1}' "$2" "${3:+,\"params\":$3}" |
+    timeout 20 nc -N -U "$1"
+}
