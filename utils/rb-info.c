@@ -31,6 +31,7 @@ usage (FILE *f, int status)
 "                           filename, format, virtual-size, actual-size, dirty-flag,\n"
 "                           cluster-size, backing-filename, full-backing-filename,\n"
 "                           backing-filename-format, snapshots, format-specific\n"
+"                           (qcow2 features and persistent bitmaps)\n"
 "      --backing-chain      every image of the chain (JSON: an array, top first)\n"
 "  -f, --format raw|qcow2   do not probe the format\n"
 "  -U, --force-share        open without locks (an image in use by a running VM)\n"
@@ -82,17 +83,50 @@ snapshot_json (const struct rb_snapshot_info *s)
   return j;
 }
 
+/* The persistent bitmaps, as QEMU's Qcow2BitmapInfo list (NULL if none). */
+static json_object *
+bitmaps_json (struct rb_image *img)
+{
+  struct rb_bitmap_info *list;
+  json_object *a;
+  size_t nr, i;
+
+  if (rb_bitmap_list (img, &list, &nr) == -1)
+    die_rb ();
+  if (nr == 0) {
+    free (list);
+    return NULL;
+  }
+  a = json_object_new_array ();
+  for (i = 0; i < nr; i++) {
+    json_object *b = json_object_new_object (), *flags = json_object_new_array ();
+    if (list[i].flags & RB_BITMAP_IN_USE)
+      json_object_array_add (flags, json_object_new_string ("in-use"));
+    if (list[i].flags & RB_BITMAP_AUTO)
+      json_object_array_add (flags, json_object_new_string ("auto"));
+    add_str (b, "name", list[i].name);
+    add_u64 (b, "granularity", list[i].granularity);
+    json_object_object_add (b, "flags", flags);
+    json_object_array_add (a, b);
+  }
+  free (list);
+  return a;
+}
+
 /* format-specific for a qcow2 image, as QEMU's ImageInfoSpecificQCow2. */
 static json_object *
-qcow2_specific (const struct rb_info *in)
+qcow2_specific (const struct rb_info *in, struct rb_image *img)
 {
   json_object *fs = json_object_new_object (), *d = json_object_new_object ();
+  json_object *bitmaps = in->version >= 3 ? bitmaps_json (img) : NULL;
 
   json_object_object_add (fs, "type", json_object_new_string ("qcow2"));
   add_str (d, "compat", in->version == 2 ? "0.10" : "1.1");
   add_str (d, "compression-type", in->compression_type ? "zstd" : "zlib");
   if (in->version >= 3)
     add_bool (d, "lazy-refcounts", in->lazy_refcounts);
+  if (bitmaps)
+    json_object_object_add (d, "bitmaps", bitmaps);
   add_u64 (d, "refcount-bits", in->refcount_bits);
   if (in->version >= 3) {
     add_bool (d, "corrupt", in->corrupt);
@@ -150,7 +184,7 @@ image_info (const char *name, const struct cmdline *cl)
         json_object_array_add (a, snapshot_json (&in->snapshots[i]));
       json_object_object_add (j, "snapshots", a);
     }
-    json_object_object_add (j, "format-specific", qcow2_specific (in));
+    json_object_object_add (j, "format-specific", qcow2_specific (in, img));
   }
   if (rb_close (img) == -1)
     die_rb ();
