@@ -16,6 +16,7 @@ setup () {
 teardown () {
   stop_rblock
   if mountpoint -q "$T/other" 2>/dev/null; then umount "$T/other"; fi
+  if mountpoint -q "$T/xfs" 2>/dev/null; then umount "$T/xfs"; fi
 }
 
 # make_source FILE: holes, random data with all-zero runs inside it (4K, 64K, 1M), data
@@ -188,4 +189,23 @@ raw_holes () {
   [ "$(qemu-img info --output=json "$T/s0.qcow2" | jq '."virtual-size"')" = 0 ]
   qemu-img create -q -f qcow2 "$T/q0.qcow2" 0
   [ "$(stat -c %s "$T/s0.qcow2")" = "$(stat -c %s "$T/q0.qcow2")" ]
+}
+
+@test "rb-convert on XFS (reflinks): the output's data shares the source's extents, nothing copied" {
+  command -v mkfs.xfs > /dev/null || { echo "mkfs.xfs is needed (.ci/packages lists xfsprogs)"; false; }
+  truncate -s 320M "$T/xfs.img"
+  mkfs.xfs -q -f "$T/xfs.img"
+  mkdir -p "$T/xfs"
+  mount -o loop "$T/xfs.img" "$T/xfs" ||
+    skip "no loop-mounted file system here (needs root and /dev/loop*): cannot show the reflinks"
+  make_source "$T/xfs/src.raw"
+  "$RB_CONVERT" "$T/xfs/src.raw" "$T/xfs/out.qcow2"
+  "$RB_CONVERT" -O raw "$T/xfs/src.raw" "$T/xfs/out.raw"
+  assert_same "$T/xfs/src.raw" "$T/xfs/out.qcow2"
+  cmp "$T/xfs/src.raw" "$T/xfs/out.raw"
+  # filefrag: the extents flagged shared hold (about) all the data, 5.2 MiB of it.
+  for f in out.qcow2 out.raw; do
+    shared=$(filefrag -v "$T/xfs/$f" | awk '/shared/ { n += $6 } END { print n * 4096 }')
+    [ "$shared" -ge $((5 * 1048576)) ] || { filefrag -v "$T/xfs/$f"; false; }
+  done
 }
