@@ -101,7 +101,8 @@ collect (void *opaque, uint64_t off, uint64_t len, int kind)
 struct run {
   uint64_t off, len;               /* len: bytes inside the source */
   uint64_t whole;                  /* len rounded up to units (new qcow2: whole clusters) */
-  const uint8_t *p;                /* the bytes (whole bytes), data runs only */
+  const uint8_t *p;                /* the bytes (whole bytes), data runs only; mapped
+                                      or in the slot's buffer */
   bool zero;
 };
 
@@ -136,7 +137,6 @@ struct convert {
   unsigned nr_slots;               /* in use: NR_SLOTS or NR_READ_SLOTS */
   unsigned fill;                   /* scanner: next slot to fill (mod nr_slots) */
   struct slot *cur;                /* scanner: the slot being filled */
-  char end_msg[1024];              /* scanner: a window found changed at the end */
 };
 
 /* Die with the last message, the target aborted (a new OUTPUT removed). */
@@ -198,6 +198,9 @@ add_run (struct convert *cv, uint64_t off, uint64_t len, uint64_t whole, const u
     r->whole += whole;
     return;
   }
+  /* A slot holds one gap and one chunk's units (max_runs counts them). */
+  if (sl->nr_runs == sl->max_runs)
+    abort ();
   sl->runs[sl->nr_runs++] = (struct run) { off, len, whole, p, zero };
 }
 
