@@ -731,3 +731,52 @@ create_options_apply (const struct cmdline *cl, struct rb_create_opts *o, unsign
   if (co->given & CO_BACKING_FILE) o->backing_file = co->o.backing_file;
   if (co->given & CO_BACKING_FMT) o->backing_format = co->o.backing_format;
 }
+
+/* ---- streamed JSON: long lists without holding them in memory ---- */
+
+/* Punctuation before the next member or element. */
+static void
+json_stream_next (struct json_stream *js)
+{
+  if (js->depth > 0 && js->count[js->depth - 1]++)
+    fputs (js->lines && js->depth == 1 ? ",\n" : ",", js->f);
+}
+
+void
+json_stream_open (struct json_stream *js, const char *key, bool array)
+{
+  if (js->depth >= JSON_STREAM_MAX_DEPTH)
+    die (EXIT_TROUBLE, "JSON nested too deeply");
+  if (key)
+    json_stream_value (js, key, NULL);
+  else
+    json_stream_next (js);
+  fputc (array ? '[' : '{', js->f);
+  js->array[js->depth] = array;
+  js->count[js->depth++] = 0;
+}
+
+void
+json_stream_value (struct json_stream *js, const char *key, json_object *v)
+{
+  json_stream_next (js);
+  if (key) {
+    json_object *k = json_object_new_string (key);
+    fprintf (js->f, "%s:", json_object_to_json_string_ext (k, JSON_C_TO_STRING_PLAIN));
+    json_object_put (k);
+    if (!v)
+      return;                       /* json_stream_open writes the value */
+  }
+  fputs (json_object_to_json_string_ext (v, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+         js->f);
+  json_object_put (v);
+}
+
+void
+json_stream_close (struct json_stream *js)
+{
+  js->depth--;
+  fputc (js->array[js->depth] ? ']' : '}', js->f);
+  if (js->depth == 0)
+    fputc ('\n', js->f);
+}

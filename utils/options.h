@@ -160,4 +160,31 @@ json_object *json_string_qemu (const char *s);
  */
 void json_qemu_order (json_object *j);
 
+/* Streamed JSON, for outputs too long to hold as one json-c object (every
+ * range of a diff): json-c writes each key and value, this only the
+ * brackets and commas between them.
+ *
+ *   struct json_stream js = { .f = stdout };
+ *   json_stream_open (&js, NULL, false);                       {
+ *   json_stream_value (&js, "size", json_object_new_int64 (n));  "size":N
+ *   json_stream_open (&js, "ranges", true);                      ,"ranges":[
+ *   json_stream_value (&js, NULL, range_object);                   {...},{...}
+ *   json_stream_close (&js); json_stream_close (&js);            ]}  and a newline
+ */
+#define JSON_STREAM_MAX_DEPTH 8
+struct json_stream {
+  FILE *f;
+  bool lines;                      /* the top level's elements one a line */
+  int depth;
+  bool array[JSON_STREAM_MAX_DEPTH];
+  uint64_t count[JSON_STREAM_MAX_DEPTH];
+};
+/* Open an object or array (as member key of the enclosing object, or the
+ * next element of an array, or the top level: key NULL).
+ */
+void json_stream_open (struct json_stream *js, const char *key, bool array);
+/* Write v (consumed; key: its member name, NULL in an array). */
+void json_stream_value (struct json_stream *js, const char *key, json_object *v);
+void json_stream_close (struct json_stream *js);
+
 #endif

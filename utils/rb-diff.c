@@ -262,13 +262,25 @@ main (int argc, char **argv)
     printf ("%" PRIu64 "\n", nr_sectors);
     break;
   case OUT_JSON:
-    printf ("{\"sector_size\":%" PRIu64 ",\"size_a\":%" PRIu64 ",\"size_b\":%" PRIu64
-            ",\"changed_sectors\":%" PRIu64 ",\"changed_bytes\":%" PRIu64 ",\"ranges\":[",
-            sector_size, size_a, size_b, nr_sectors, nr_bytes);
-    for (i = 0; i < changed.n; i++)
-      printf ("%s{\"start\":%" PRIu64 ",\"count\":%" PRIu64 "}", i ? "," : "",
-              changed.v[i].start, changed.v[i].count);
-    printf ("]}\n");
+    {
+      /* Streamed: a diff may have millions of ranges. */
+      struct json_stream js = { .f = stdout };
+      json_stream_open (&js, NULL, false);
+      json_stream_value (&js, "sector_size", json_object_new_uint64 (sector_size));
+      json_stream_value (&js, "size_a", json_object_new_uint64 (size_a));
+      json_stream_value (&js, "size_b", json_object_new_uint64 (size_b));
+      json_stream_value (&js, "changed_sectors", json_object_new_uint64 (nr_sectors));
+      json_stream_value (&js, "changed_bytes", json_object_new_uint64 (nr_bytes));
+      json_stream_open (&js, "ranges", true);
+      for (i = 0; i < changed.n; i++) {
+        json_object *r = json_object_new_object ();
+        json_object_object_add (r, "start", json_object_new_uint64 (changed.v[i].start));
+        json_object_object_add (r, "count", json_object_new_uint64 (changed.v[i].count));
+        json_stream_value (&js, NULL, r);
+      }
+      json_stream_close (&js);
+      json_stream_close (&js);
+    }
     break;
   case OUT_HUMAN:
     for (i = 0; i < changed.n; i++)

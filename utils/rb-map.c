@@ -28,7 +28,8 @@ usage (FILE *f, int status)
 "\n"
 "  --output=human|json      human (default): the data runs with their host offsets and\n"
 "                           files; json: every run, with qemu-img's keys (start, length,\n"
-"                           depth, present, zero, data, compressed, offset)\n"
+"                           depth, present, zero, data, compressed, offset), one\n"
+"                           entry a line\n"
 "  -s, --start-offset N     start at guest byte N (sizes as 64k, 1.5G)\n"
 "  -l, --max-length N       map at most N bytes\n"
 "  -f, --format raw|qcow2   do not probe the format\n"
@@ -54,6 +55,7 @@ struct entry {
 
 struct mapper {
   bool json, is_qcow2;
+  struct json_stream js;           /* the JSON array, streamed */
   char **names;                    /* file name of each layer (human output) */
   unsigned nr_names;
   struct entry curr;
@@ -88,9 +90,9 @@ dump (struct mapper *m, const struct entry *e, struct entry *next)
       json_object_object_add (j, "compressed", json_object_new_boolean (e->compressed));
     if (e->has_offset)
       json_object_object_add (j, "offset", json_object_new_uint64 (e->offset));
-    /* Each entry is one json-c text; the array is streamed, one entry a line. */
-    printf ("%s%s", m->printed ? ",\n" : "[", json_object_to_json_string_ext (j, JSON_C_TO_STRING_SPACED));
-    json_object_put (j);
+    if (!m->printed)
+      json_stream_open (&m->js, NULL, true);
+    json_stream_value (&m->js, NULL, j);
   }
   else {
     if (e->data && !e->has_offset)
@@ -176,6 +178,8 @@ main (int argc, char **argv)
   if (!img)
     die_rb ();
   m.json = cl.json;
+  m.js.f = stdout;
+  m.js.lines = true;                /* one entry a line, as qemu-img */
   if (!m.json)
     m.names = image_chain_names (argv[optind], &cl, &m.nr_names);
 
@@ -204,7 +208,7 @@ main (int argc, char **argv)
   if (r == 0)
     r = dump (&m, &m.curr, NULL);
   if (m.json && m.printed)
-    printf ("]\n");
+    json_stream_close (&m.js);
   if (r == -1) {
     fflush (stdout);
     die_rb ();
