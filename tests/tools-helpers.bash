@@ -25,7 +25,9 @@ qio () {
 # with relative names and a longer top, a qcow2 chain with extended L2 over a
 # shorter base,
 # preallocation metadata/falloc/full, a sparse raw file with a ragged size.
-# rblock-made: rb-convert (plain and zstd-compressed) and rb-delta outputs.
+# rblock-made: rb-convert (plain and zstd-compressed) and rb-delta outputs,
+# rb-create images (extended L2, preallocated) with rb-bitmap's bitmaps,
+# written through the plugin.
 make_matrix () {
   local d=$1
   if [ -s "$d/list" ]; then cat "$d/list"; return; fi
@@ -82,11 +84,25 @@ make_matrix () {
     cp mix.raw new.raw
     qemu-io -f raw -c 'write -P 25 512k 8k' -c 'write -z 2M 64k' new.raw >/dev/null
     "$RB_DELTA" mix.raw new.raw r-delta.qcow2
+    # Made and written by rblock: rb-create, rb-bitmap, writes, zeros and trims
+    # through the plugin (the bitmaps record them).
+    "$RB_CREATE" -q -o cluster_size=16k,extended_l2=on r-written.qcow2 3M
+    "$top_builddir/utils/rb-bitmap" -q --add r-written.qcow2 rec
+    "$top_builddir/utils/rb-bitmap" -q --add -g 256k --disable r-written.qcow2 off
+    "$RB_CREATE" -q -o preallocation=metadata,lazy_refcounts=on r-pre.qcow2 2M
+    for img in r-written.qcow2 r-pre.qcow2; do
+      nbdkit -U - "$RBLOCK_SO" file="$img" --run \
+        'qemu-io -f raw -c "write -P 30 0 5k" -c "write -P 31 100k 64k" -c "write -z 1M 64k" \
+                 -c "discard 100k 16k" -c "write -P 32 1500k 1k" "$uri"' >/dev/null
+      qemu-img check -q "$img"             # what rblock wrote is clean
+    done
+    # ... and the enabled bitmap recorded the writes.
+    [ "$(qemu-img info --output=json r-written.qcow2 | jq -c '[."format-specific".data.bitmaps[].flags]')" = '[["auto"],[]]' ]
   ) >&2
   printf '%s\n' plain.qcow2 v2.qcow2 c512.qcow2 c2m.qcow2 extl2.qcow2 zlib.qcow2 zstd.qcow2 \
     snap.qcow2 bitmap.qcow2 lazy.qcow2 chain/base.raw chain/mid.qcow2 chain/top.qcow2 \
     chain/qbase.qcow2 chain/qtop.qcow2     pre-metadata.qcow2 pre-falloc.qcow2 pre-full.qcow2 sparse.raw mix.raw \
-    r-convert.qcow2 r-zstd.qcow2 r-delta.qcow2 > "$d/list"
+    r-convert.qcow2 r-zstd.qcow2 r-delta.qcow2 r-written.qcow2 r-pre.qcow2 > "$d/list"
   cat "$d/list"
 }
 
