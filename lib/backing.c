@@ -27,21 +27,6 @@ resolve_backing (struct rb_image *img)
   return p;
 }
 
-/* Probe a file's format by its magic: 1 = qcow2, 0 = raw, -1 = error. */
-static int
-probe_qcow2 (const char *path)
-{
-  uint8_t m[4];
-  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
-  ssize_t r;
-
-  if (fd == -1)
-    return rb_error_errno (errno, "cannot open backing file %s", path);
-  r = pread (fd, m, 4, 0);
-  close (fd);
-  return r == 4 && get_be32 (m) == QCOW_MAGIC;
-}
-
 /* Open img's backing file (and, through image_open, the rest of the chain). */
 int
 backing_open (struct rb_image *img, const struct rb_open_opts *opts, struct chain_ids *ids)
@@ -69,9 +54,12 @@ backing_open (struct rb_image *img, const struct rb_open_opts *opts, struct chai
                        img->path, img->backing_format);
   }
   else {
-    q = probe_qcow2 (path);
-    if (q == -1)
-      return -1;
+    q = rb_probe_qcow2 (path);
+    if (q == -1) {
+      char msg[600];
+      snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+      return rb_error (rb_errno (), "cannot open backing file %s", msg);
+    }
     raw = !q;
   }
   img->backing = image_open (path, opts, img->depth + 1, raw, ids);

@@ -267,6 +267,21 @@ image_open (const char *path, const struct rb_open_opts *opts, unsigned depth,
   return NULL;
 }
 
+/* See rblock.h. */
+int
+rb_probe_qcow2 (const char *path)
+{
+  uint8_t m[4];
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
+  ssize_t r;
+
+  if (fd == -1)
+    return rb_error_errno (errno, "%s", path);
+  r = pread (fd, m, 4, 0);
+  close (fd);
+  return r == 4 && get_be32 (m) == QCOW_MAGIC;
+}
+
 struct rb_image *
 rb_open (const char *path, const struct rb_open_opts *opts)
 {

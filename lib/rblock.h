@@ -56,6 +56,11 @@ struct rb_open_opts {
  */
 struct rb_image *rb_open (const char *path, const struct rb_open_opts *opts);
 
+/* Is path a qcow2 image (by its magic)?  1 yes, 0 no (raw, for rblock),
+ * -1 if it cannot be read.
+ */
+int rb_probe_qcow2 (const char *path);
+
 /* Write back dirty metadata, release locks, close the chain.  Returns -1 if
  * the final write-back failed (the image is still closed).
  */

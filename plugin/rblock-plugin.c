@@ -1,5 +1,5 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
- * The nbdkit plugin: serves a qcow2 image's guest view; one rb_* call per callback.
+ * The nbdkit plugin: serves qcow2 images' guest view (file= or dir=); one rb_* call per callback.
  */
 #include <config.h>
 
@@ -10,16 +10,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "exports.h"
 #include "rblock.h"
 #include "rpc.h"
 #include "util.h"
 
 static char *filename;              /* file= */
+static char *directory;             /* dir= */
 static uint64_t metadata_cache;     /* metadata-cache= (or the old cache=SIZE) */
 static bool cache_none;             /* cache=none */
 static bool discard_ignore;         /* discard=ignore */
@@ -34,8 +37,7 @@ static bool rpc_writable;           /* rpc-writable=true */
  */
 #define MAX_REQUEST (64u << 20)
 
-static struct rb_image *img;        /* one engine for every connection */
-static struct rpc_server *rpc;
+static struct rpc_server *rpc;      /* file= only */
 
 /* Report the engine's last error to nbdkit and the client. */
 static void
@@ -49,6 +51,7 @@ static void
 rblock_unload (void)
 {
   free (filename);
+  free (directory);
   free (snapshot);
   free (rpc_listen);
 }
@@ -62,6 +65,12 @@ rblock_config (const char *key, const char *value)
     free (filename);
     filename = nbdkit_realpath (value);
     if (!filename)
+      return -1;
+  }
+  else if (strcmp (key, "dir") == 0) {
+    free (directory);
+    directory = nbdkit_realpath (value);
+    if (!directory)
       return -1;
   }
   else if (strcmp (key, "cache") == 0 &&
@@ -133,8 +142,16 @@ rblock_config (const char *key, const char *value)
 static int
 rblock_config_complete (void)
 {
-  if (!filename) {
-    nbdkit_error ("the file=DISK.qcow2 parameter is required");
+  if (!filename == !directory) {
+    nbdkit_error ("exactly one of file=DISK.qcow2 and dir=DIRECTORY is required");
+    return -1;
+  }
+  if (directory && snapshot) {
+    nbdkit_error ("snapshot= needs file=: with dir= each export is an image's active state");
+    return -1;
+  }
+  if (directory && rpc_listen) {
+    nbdkit_error ("rpc= is served with file= only (not yet with dir=)");
     return -1;
   }
   if (detect_zeroes == DZ_UNMAP && discard_ignore) {
@@ -145,7 +162,8 @@ rblock_config_complete (void)
 }
 
 #define rblock_config_help \
-  "file=<FILENAME>     (required) The qcow2 image to serve.\n" \
+  "file=<FILENAME>                The qcow2 image to serve (or dir=).\n" \
+  "dir=<DIRECTORY>                Serve every image in the folder, by file name.\n" \
   "metadata-cache=<SIZE>          L2/refcount cache size (default 32M).\n" \
   "cache=default|none             none: keep guest data out of the page cache.\n" \
   "discard=unmap|ignore           Trim frees clusters (default) or does nothing.\n" \
@@ -187,28 +205,43 @@ rblock_dump_plugin (void)
   printf ("rblock_max_request=%u\n", MAX_REQUEST);
 }
 
-/* Open the image once, before serving, so bad images fail at start-up.
- * Read-only: nbdkit does not tell a plugin about -r or read-only filters
- * until .open, so write access (QEMU's write lock, a dirty image's repair)
- * waits for the first connection that may write (rblock_open).
+/* How images are opened (read-only at first: see rblock_get_ready). */
+static struct rb_open_opts
+open_opts (void)
+{
+  struct rb_open_opts o = { .cache_size = metadata_cache, .snapshot = snapshot,
+                            .flags = RB_OPEN_RDONLY | (cache_none ? RB_OPEN_CACHE_NONE : 0) };
+  return o;
+}
+
+/* file=: open the image once, before serving, so bad images fail at
+ * start-up.  Read-only: nbdkit does not tell a plugin about -r or read-only
+ * filters until .open, so write access (QEMU's write lock, a dirty image's
+ * repair) waits for the first connection that may write (rblock_open).
+ * dir=: nothing is opened before a client names an image.
  */
 static int
 rblock_get_ready (void)
 {
-  struct rb_open_opts o = { .cache_size = metadata_cache, .snapshot = snapshot,
-                            .flags = RB_OPEN_RDONLY | (cache_none ? RB_OPEN_CACHE_NONE : 0) };
+  struct rb_open_opts o = open_opts ();
+  struct export *e;
+  struct stat st;
 
   rb_set_warning_fn (warn, NULL);
-  img = rb_open (filename, &o);
-  if (!img) {
-    nbdkit_error ("%s", rb_errmsg ());
-    return -1;
+  if (directory) {
+    if (stat (directory, &st) == -1 || !S_ISDIR (st.st_mode)) {
+      nbdkit_error ("dir=%s: not a directory", directory);
+      return -1;
+    }
+    return 0;
   }
+  if (!(e = export_open_file (filename, &o)))
+    return -1;
   if (rpc_listen) {
     /* RPC writes are served only while the image is writable. */
     struct rpc_config cfg = { .listen = rpc_listen,
                               .writable = rpc_writable && !readonly_param };
-    rpc = rpc_server_new (img, &cfg);
+    rpc = rpc_server_new (e->img, &cfg);
     if (!rpc) {
       nbdkit_error ("rpc=%s: %s", rpc_listen, rb_errmsg ());
       return -1;
@@ -237,38 +270,58 @@ rblock_cleanup (void)
     rpc_server_free (rpc);
     rpc = NULL;
   }
-  if (img) {
-    if (rb_close (img) == -1)
-      nbdkit_error ("closing %s: %s", filename, rb_errmsg ());
-    img = NULL;
-  }
+  exports_close_all ();
 }
 
-/* The per-connection handle: every connection shares the one engine. */
+/* dir=: the images in the folder (nbdinfo --list). */
+static int
+rblock_list_exports (int readonly, int is_tls, struct nbdkit_exports *list)
+{
+  if (!directory)
+    return nbdkit_add_export (list, "", NULL);
+  return exports_list (directory, list);
+}
+
+/* The per-connection handle: the export it uses (every connection of an
+ * export shares its engine) and whether it may write.
+ */
 struct handle {
+  struct export *exp;
   bool can_write;
 };
 
-/* A connection that may write (readonly=0: no -r, no read-only filter)
- * gives the image write access the first time; if the file cannot be
- * written, it is served read-only (as nbdkit's file plugin does).
+#define IMG(hnd) (((struct handle *) (hnd))->exp->img)
+
+/* The connection's export (dir=: the image its export name names, opened
+ * if it is the first).  A connection that may write (readonly=0: no -r, no
+ * read-only filter) gives the image write access the first time; if the
+ * file cannot be written, it is served read-only (as nbdkit's file plugin
+ * does).  Raw images of dir= are always read-only.
  */
 static void *
 rblock_open (int readonly)
 {
+  struct rb_open_opts o = open_opts ();
   struct handle *h = calloc (1, sizeof *h);
 
   if (!h) {
     nbdkit_error ("calloc: %m");
     return NULL;
   }
-  if (!readonly && !readonly_param) {
-    if (rb_make_writable (img) == 0)
+  h->exp = directory ? export_get (directory, nbdkit_export_name (), &o)
+                     : export_file ();
+  if (!h->exp) {
+    free (h);
+    return NULL;
+  }
+  if (!readonly && !readonly_param && !h->exp->raw) {
+    if (rb_make_writable (h->exp->img) == 0)
       h->can_write = true;
     else if (rb_errno () == EACCES || rb_errno () == EPERM || rb_errno () == EROFS)
       nbdkit_debug ("serving read-only: %s", rb_errmsg ());
     else {
       nbdkit_error ("%s", rb_errmsg ());
+      export_put (h->exp);
       free (h);
       return NULL;
     }
@@ -276,22 +329,26 @@ rblock_open (int readonly)
   return h;
 }
 
+/* The last connection of a dir= export closes its image. */
 static void
 rblock_close (void *handle)
 {
-  free (handle);
+  struct handle *h = handle;
+
+  export_put (h->exp);
+  free (h);
 }
 
 static int64_t
 rblock_get_size (void *handle)
 {
-  return rb_get_size (img);
+  return rb_get_size (IMG (handle));
 }
 
 static int
 rblock_block_size (void *handle, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
-  uint32_t cs = rb_get_cluster_size (img);
+  uint32_t cs = rb_get_cluster_size (IMG (handle));
 
   *minimum = 1;
   *preferred = cs < 4096 ? 4096 : cs > (32u << 20) ? (32u << 20) : cs;
@@ -312,7 +369,12 @@ rblock_export_description (void *handle)
   size_t len;
   unsigned i;
 
-  if (!info || rb_get_info (img, info) == -1)
+  if (((struct handle *) handle)->exp->raw) {
+    snprintf (buf, sizeof buf, "raw (read-only), size %" PRIu64 " bytes",
+              rb_get_size (IMG (handle)));
+    return nbdkit_strdup_intern (buf);
+  }
+  if (!info || rb_get_info (IMG (handle), info) == -1)
     return NULL;
   len = snprintf (buf, sizeof buf, "qcow2 v%u (compat %s), virtual size %" PRIu64
                   " bytes, cluster size %u%s", info->version,
@@ -364,7 +426,7 @@ rblock_can_multi_conn (void *handle)
 static int
 rblock_pread (void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  if (rb_pread (img, buf, count, offset) == -1) {
+  if (rb_pread (IMG (handle), buf, count, offset) == -1) {
     report ();
     return -1;
   }
@@ -391,10 +453,10 @@ rblock_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset, u
   int r;
 
   if (detect_zeroes != DZ_OFF && is_zero (buf, count))
-    r = rb_zero (img, count, offset, engine_flags (flags) |
+    r = rb_zero (IMG (handle), count, offset, engine_flags (flags) |
                  (detect_zeroes == DZ_UNMAP ? RB_MAY_TRIM : 0));
   else
-    r = rb_pwrite (img, buf, count, offset, engine_flags (flags));
+    r = rb_pwrite (IMG (handle), buf, count, offset, engine_flags (flags));
   if (r == -1) {
     report ();
     return -1;
@@ -405,7 +467,7 @@ rblock_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset, u
 static int
 rblock_flush (void *handle, uint32_t flags)
 {
-  if (rb_flush (img) == -1) {
+  if (rb_flush (IMG (handle)) == -1) {
     report ();
     return -1;
   }
@@ -420,7 +482,7 @@ rblock_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   if (discard_ignore)
     return 0;
-  if (rb_trim (img, count, offset, engine_flags (flags)) == -1) {
+  if (rb_trim (IMG (handle), count, offset, engine_flags (flags)) == -1) {
     report ();
     return -1;
   }
@@ -430,7 +492,7 @@ rblock_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 rblock_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  if (rb_zero (img, count, offset, engine_flags (flags)) == -1) {
+  if (rb_zero (IMG (handle), count, offset, engine_flags (flags)) == -1) {
     if (rb_errno () == ENOTSUP && (flags & NBDKIT_FLAG_FAST_ZERO)) {
       nbdkit_set_error (ENOTSUP);     /* fast zero refused: not an error to log */
       return -1;
@@ -469,7 +531,7 @@ rblock_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
   struct extent_ctx x = { extents, (flags & NBDKIT_FLAG_REQ_ONE) != 0 };
 
   errno = 0;
-  if (rb_extents (img, count, offset, add_extent, &x) == -1) {
+  if (rb_extents (IMG (handle), count, offset, add_extent, &x) == -1) {
     if (x.req_one && errno == 0)
       return 0;
     report ();
@@ -490,6 +552,7 @@ static struct nbdkit_plugin plugin = {
   .magic_config_key  = "file",
   .dump_plugin       = rblock_dump_plugin,
   .get_ready         = rblock_get_ready,
+  .list_exports      = rblock_list_exports,
   .after_fork        = rblock_after_fork,
   .cleanup           = rblock_cleanup,
   .open              = rblock_open,

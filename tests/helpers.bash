@@ -133,3 +133,29 @@ assert_served_equals_qemu () {
   cmp "$out" "$want" || { echo "bytes differ for $img"; return 1; }
   diff <(guest_map_classes) <(qemu_map_classes "$img") || { echo "map differs for $img"; return 1; }
 }
+
+# gen_ops SEED N SIZE CLUSTER [discard]: qemu-io commands: unaligned writes of random
+# lengths (straddling clusters and L2 tables), write zeroes (with and without unmap),
+# cluster-aligned discards, flushes.
+gen_ops () {
+  awk -v seed="$1" -v n="$2" -v size="$3" -v cs="$4" -v discard="${5:-1}" 'BEGIN {
+    srand(seed)
+    for (i = 0; i < n; i++) {
+      r = rand()
+      len = 1 + int(rand() * (rand() < 0.25 ? 3 * cs + 1000 : cs / 2 + 700))
+      off = int(rand() * size)
+      if (rand() < 0.3) off = int(off / cs) * cs
+      if (off + len > size) len = size - off
+      if (len <= 0) continue
+      if (r < 0.55)      printf "write -P %d %d %d\n", 1 + int(rand() * 250), off, len
+      else if (r < 0.70) printf "write -z %d %d\n", off, len
+      else if (r < 0.78) printf "write -z -u %d %d\n", off, len
+      else if (r < 0.88 && discard) {
+        off = int(off / cs) * cs; len = int((len + cs - 1) / cs) * cs
+        if (off + len > size) len = size - off
+        if (len > 0) printf "discard %d %d\n", off, len
+      }
+      else               print "flush"
+    }
+  }'
+}

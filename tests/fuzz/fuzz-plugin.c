@@ -14,6 +14,7 @@
  * target drives the same functions nbdkit calls.
  */
 #include "../../plugin/rblock-plugin.c"
+#include "../../plugin/exports.c"
 
 /* ---- the parts of nbdkit the plugin calls ---- */
 struct nbdkit_extents {
@@ -40,6 +41,18 @@ const char *
 nbdkit_strdup_intern (const char *str)
 {
   return str;
+}
+
+const char *
+nbdkit_export_name (void)
+{
+  return "";
+}
+
+int
+nbdkit_add_export (struct nbdkit_exports *list, const char *name, const char *description)
+{
+  return 0;
 }
 
 char *
@@ -104,6 +117,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   char path[] = "/tmp/rb-fuzz-plugin-XXXXXX";
   struct rb_open_opts o = { .flags = RB_OPEN_NO_LOCK | RB_OPEN_NO_BACKING, .cache_size = 1 << 20 };
   struct rb_check_result before, after;
+  struct rb_image *img;
+  void *h;
   size_t ops_len, i;
   uint8_t *copy, *model = NULL;
   uint64_t disk;
@@ -127,14 +142,15 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 
   if (plugin.config ("file", path) == -1 || plugin.config_complete () == -1)
     abort ();
-  img = rb_open (path, &o);        /* what get_ready does, without the locks and the chain */
-  if (!img)
+  /* What get_ready and a writable connection's open do, without the locks and the chain. */
+  if (!export_open_file (path, &o) || !(h = plugin.open (0)))
     goto out;
-  disk = plugin.get_size (NULL);
+  img = IMG (h);
+  disk = plugin.get_size (h);
   clean = rb_check (img, &before, 0) == 0 && before.corruptions == 0 && before.check_errors == 0;
   /* On a clean, small image every read must agree with a model of the disk. */
   if (clean && disk <= MODEL_MAX && (model = malloc (disk ? disk : 1)) &&
-      plugin.pread (NULL, model, disk, 0, 0) == -1) {
+      plugin.pread (h, model, disk, 0, 0) == -1) {
     free (model);
     model = NULL;
   }
@@ -153,20 +169,20 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       count = disk - offset;
     switch (op[0] % 6) {
     case 0:
-      if (plugin.pread (NULL, buf, count, offset, 0) == 0 && model &&
+      if (plugin.pread (h, buf, count, offset, 0) == 0 && model &&
           memcmp (buf, model + offset, count) != 0)
         abort ();                  /* read back something else than was written */
       break;
     case 1:
       memset (buf, op[1] | 1, count);
-      ok = plugin.pwrite (NULL, buf, count, offset, flags & NBDKIT_FLAG_FUA) == 0;
+      ok = plugin.pwrite (h, buf, count, offset, flags & NBDKIT_FLAG_FUA) == 0;
       if (model && ok)
         memcpy (model + offset, buf, count);
       else if (model)
         goto stop_model;           /* after a failed write the model knows nothing */
       break;
     case 2:
-      ok = plugin.zero (NULL, count, offset, flags & ~NBDKIT_FLAG_REQ_ONE) == 0;
+      ok = plugin.zero (h, count, offset, flags & ~NBDKIT_FLAG_REQ_ONE) == 0;
       if (model && ok)
         memset (model + offset, 0, count);
       else if (model && !(flags & NBDKIT_FLAG_FAST_ZERO))
@@ -174,8 +190,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       break;
     case 3:
       /* Trimmed bytes read as anything: afterwards the model takes what is read. */
-      if (plugin.trim (NULL, count, offset, flags & NBDKIT_FLAG_FUA) == 0 && model) {
-        if (plugin.pread (NULL, model_buf, count, offset, 0) == -1)
+      if (plugin.trim (h, count, offset, flags & NBDKIT_FLAG_FUA) == 0 && model) {
+        if (plugin.pread (h, model_buf, count, offset, 0) == -1)
           goto stop_model;
         memcpy (model + offset, model_buf, count);
       }
@@ -183,11 +199,11 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         goto stop_model;
       break;
     case 4:
-      plugin.flush (NULL, 0);
+      plugin.flush (h, 0);
       break;
     case 5: {
       struct nbdkit_extents e = { 0, offset, offset };
-      if (plugin.extents (NULL, count, offset, flags & NBDKIT_FLAG_REQ_ONE, &e) == 0 && e.n == 0)
+      if (plugin.extents (h, count, offset, flags & NBDKIT_FLAG_REQ_ONE, &e) == 0 && e.n == 0)
         abort ();                  /* success with no extent */
       break;
     }
@@ -199,18 +215,16 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   }
 
   /* Whatever was done to a clean image leaves it free of corruption. */
-  if (clean && plugin.flush (NULL, 0) == 0 && rb_check (img, &after, 0) == 0 &&
+  if (clean && plugin.flush (h, 0) == 0 && rb_check (img, &after, 0) == 0 &&
       after.corruptions != 0)
     abort ();
   free (model);
-  plugin.cleanup ();
+  plugin.close (h);
  out:
-  if (img) {
-    rb_close (img);
-    img = NULL;
-  }
+  plugin.cleanup ();
   plugin.unload ();
   filename = NULL;
+  directory = NULL;
   snapshot = NULL;
   rpc_listen = NULL;
   unlink (path);
