@@ -60,6 +60,23 @@ apt_get () {
   [[ $deps == nbdkit* && $deps == *libc6* && $deps == *libjson-c* ]]
 }
 
+@test "debian/control builds and tests with what CI installs: every .ci/packages entry is a Build-Depends (but the listed ones)" {
+  local p bd missing=""
+  # Not build dependencies: what debhelper and dh-autoreconf bring (build-essential, the
+  # autotools, pkg-config: pkgconf), the essential bsdutils, CI's own tools, the VM suites'
+  # (disabled in a package build: no network) and the benchmarks' fio.
+  local not_bd=" build-essential autoconf automake libtool pkg-config bsdutils debhelper
+    dh-autoreconf lintian qemu-system-x86 busybox-static nbd-client cpio fio "
+  not_bd=" $(echo $not_bd) "
+  bd=$(sed -n '/^Build-Depends:/,/^[A-Z][-A-Za-z]*:/p' "$SRC/debian/control" | sed 's/^Build-Depends://' |
+       tr ',' '\n' | awk '{ print $1 }' | grep -v -e '^$' -e ':$')
+  for p in $(grep -v -e '^#' -e '^[[:space:]]*$' "$SRC/.ci/packages"); do
+    [[ $not_bd == *" $p "* ]] && continue
+    grep -qx "$p" <<< "$bd" || missing+=" $p"
+  done
+  [ -z "$missing" ] || { echo "in .ci/packages, not in debian/control's Build-Depends:$missing"; return 1; }
+}
+
 @test "lintian: no errors on the packages" {
   local changes
   changes=$(ls "$W"/rblock_*.changes)

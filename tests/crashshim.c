@@ -89,6 +89,18 @@ open (const char *path, int flags, ...)
 
 int open64 (const char *path, int flags, ...) __attribute__((alias ("open")));
 
+/* With _FORTIFY_SOURCE (Debian's hardening flags build the package so), an
+ * open whose flags are not known at compile time calls __open_2 or
+ * __open64_2 (never with O_CREAT: that needs a mode, checked at compile time).
+ */
+int
+__open_2 (const char *path, int flags)
+{
+  return open (path, flags);
+}
+
+int __open64_2 (const char *path, int flags) __attribute__((alias ("__open_2")));
+
 ssize_t
 pwrite64 (int fd, const void *buf, size_t count_bytes, off_t offset)
 {

@@ -43,7 +43,7 @@ run_qemu_nbd () {
   qemu-nbd --fork --pid-file="$QPID" -k "$T/q.sock" -f qcow2 "$@" "$img"
   nbdsh -u "nbd+unix:///?socket=$T/q.sock" -c "exec(open('$T/ops.py').read())"
   kill "$(cat "$QPID")"
-  for i in $(seq 200); do kill -0 "$(cat "$QPID")" 2>/dev/null || break; sleep 0.05; done
+  wait_until "$RB_WAIT" "qemu-nbd to exit" process_gone "$(cat "$QPID")"
   rm -f "$QPID"
 }
 
