@@ -33,7 +33,8 @@ start_rpc () {   # [options]
   rm -f "$RSOCK"
   "$RB_RPC" -l "unix:$RSOCK" "$@" "$IMG" 2>"$T/rpc.err" &
   RPID=$!
-  for i in $(seq 100); do [ -S "$RSOCK" ] && return 0; sleep 0.05; done
+  wait_until "$RB_WAIT" "rb-rpc's socket" eval '[ -S "$RSOCK" ] || process_gone "$RPID"' &&
+    [ -S "$RSOCK" ] && return 0
   cat "$T/rpc.err"; return 1
 }
 

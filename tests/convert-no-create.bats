@@ -137,7 +137,7 @@ restored_equals () {
   [[ "$output" == *"refusing to overwrite an input"* ]]
   [ "$(md5sum < "$T/backup.qcow2")" = "$sum" ]
   mkfifo "$T/fifo"
-  run timeout 10 "$RB_CONVERT" -n "$T/backup.qcow2" "$T/fifo"
+  run timeout "$RB_WAIT" "$RB_CONVERT" -n "$T/backup.qcow2" "$T/fifo"
   [ "$status" -eq 2 ]
   [[ "$output" == *"not a regular file or block device (a FIFO)" ]]
   run "$RB_CONVERT" -n -c 4K "$T/backup.qcow2" "$T/stale.raw"

@@ -21,10 +21,11 @@ teardown () {
   if [ -n "${LOOPDEV:-}" ]; then losetup -d "$LOOPDEV" 2>/dev/null || true; fi
 }
 
-# refused NAME CMD...: CMD ends within 10 s with exit 2 and one line naming NAME and why.
+# refused NAME CMD...: CMD ends (within RB_WAIT s: a hang, not a slow machine) with exit 2
+# and one line naming NAME and why.
 refused () {
   local name=$1; shift
-  run timeout 10 "$@"
+  run timeout "$RB_WAIT" "$@"
   [ "$status" -ne 124 ] || { echo "hung: $*"; return 1; }
   [ "$status" -eq 2 ] || { echo "exit $status: $output"; return 1; }
   [ "${#lines[@]}" -eq 1 ] || { echo "not one line: $output"; return 1; }
@@ -49,11 +50,11 @@ refused () {
   refused "backing file" "$B/rb-convert" "$T/over-fifo.qcow2" "$T/out.qcow2"
   [[ "$output" == *"over-fifo.qcow2"*"fifo"* ]]
   [ ! -e "$T/out.qcow2" ]
-  run timeout 10 "$B/rb-check" "$T/over-fifo.qcow2"
+  run timeout "$RB_WAIT" "$B/rb-check" "$T/over-fifo.qcow2"
   [ "$status" -ne 124 ] && [ "$status" -ne 0 ]
   [[ "$output" == *"backing file"*"fifo: not a regular file or block device"* ]]
   # The plugin opens the image (and its chain) at start-up: it must fail, not wait.
-  run timeout 10 nbdkit -U "$T/s.sock" -P "$T/s.pid" "$RBLOCK_SO" file="$T/over-fifo.qcow2"
+  run timeout "$RB_WAIT" nbdkit -U "$T/s.sock" -P "$T/s.pid" "$RBLOCK_SO" file="$T/over-fifo.qcow2"
   [ "$status" -ne 124 ] && [ "$status" -ne 0 ]
   [[ "$output" == *"fifo: not a regular file or block device"* ]]
   [ ! -e "$T/s.pid" ]

@@ -23,12 +23,9 @@ uri () {
 # wait_unlocked IMAGE: bounded wait until qemu-img info (with locking) opens IMAGE: the
 # server closes an export just after its last client has gone.
 wait_unlocked () {
-  local i
-  for i in $(seq 200); do
-    qemu-img info "$1" > /dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  qemu-img info "$1"
+  local img=$1
+  wait_until "$RB_WAIT" "qemu-img info to open $img" eval 'qemu-img info "$img" > /dev/null 2>&1' ||
+    qemu-img info "$img"
 }
 
 @test "dir=: every image in the folder is an export by file name (nbdinfo --list); raw ones read-only; others not listed" {

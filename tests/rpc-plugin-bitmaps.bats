@@ -26,7 +26,7 @@ teardown () {
   qemu-img convert -O raw "$IMG" "$T/mirror.raw"
   for b in b4k b2m; do qemu_map "$IMG" "$b" > "$T/before.$b"; done
   start_rblock "$IMG" rpc="unix:$RSOCK"
-  for i in $(seq 100); do [ -S "$RSOCK" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "the RPC socket" test -S "$RSOCK"
   [ "$(rpc_call "$RSOCK" bitmaps | jq -c '[.result[] | .live]')" = "[false,false]" ]
   bitmap_io workload "$URI" "$T/mirror.raw" 9 60 4 "$T/ranges"
   [ "$(rpc_call "$RSOCK" bitmaps | jq -c '[.result[] | .live]')" = "[true,true]" ]
