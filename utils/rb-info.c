@@ -178,6 +178,9 @@ image_info (const char *name, const struct cmdline *cl)
         add_str (j, "backing-filename-format", in->backing_format);
       free (full);
     }
+    if (in->nb_snapshots > in->nr_snapshots)
+      fprintf (stderr, "%s: warning: %s: only the first %u of its %u snapshots are listed\n",
+               progname, name, in->nr_snapshots, in->nb_snapshots);
     if (in->nr_snapshots) {
       json_object *a = json_object_new_array ();
       for (i = 0; i < in->nr_snapshots; i++)
