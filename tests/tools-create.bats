@@ -204,3 +204,20 @@ IMG -- -1
 -o bogus=1 IMG 1M
 EOF
 }
+
+@test "--force on a full disk: exit 2, the old IMAGE intact, nothing left behind" {
+  mkdir -p "$T/full"
+  mount -t tmpfs -o size=2M tmpfs "$T/full" || { echo "mounting a tmpfs needs root (CI runs as root)"; false; }
+  qemu-img create -q -f qcow2 "$T/full/old.qcow2" 1M
+  qio "$T/full/old.qcow2" 'write -P 6 0 64k'
+  before=$(qemu-img info --output=json "$T/full/old.qcow2" | jq -S 'del(."actual-size")')
+  run --separate-stderr "$RB_CREATE" -q --force -o preallocation=full "$T/full/old.qcow2" 8M
+  after=$(qemu-img info --output=json "$T/full/old.qcow2" | jq -S 'del(."actual-size")')
+  qemu-io -c 'read -P 6 0 64k' "$T/full/old.qcow2" > "$T/read.out" 2>&1 || true
+  ls -A "$T/full" > "$T/left"
+  umount "$T/full"
+  [ "$status" -eq 2 ] && [[ "$stderr" == *"No space left on device"* ]]
+  [ "$after" = "$before" ]
+  grep -q 'read 65536/65536' "$T/read.out"
+  [ "$(cat "$T/left")" = old.qcow2 ]
+}

@@ -106,11 +106,13 @@ backing_size (const char *image, const char *full, const char *format)
   return q ? size : ROUND_UP_U64 (size, 512);
 }
 
-/* A raw image: the file, its size, its preallocation. */
+/* A raw image at path (the temporary name of image): the file, its size,
+ * its preallocation.
+ */
 static void
-create_raw (const char *image, const struct rb_create_opts *o, bool force)
+create_raw (const char *path, const char *image, const struct rb_create_opts *o)
 {
-  int fd = open (image, O_WRONLY | O_CREAT | O_CLOEXEC | (force ? O_TRUNC : O_EXCL), 0644);
+  int fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   int err = 0;
 
   if (fd == -1)
@@ -139,10 +141,8 @@ create_raw (const char *image, const struct rb_create_opts *o, bool force)
     err = errno;
   if (close (fd) == -1 && !err)
     err = errno;
-  if (err) {
-    unlink (image);
-    die (EXIT_TROUBLE, "%s: %s", image, strerror (err));
-  }
+  if (err)
+    die (EXIT_TROUBLE, "%s: %s", image, strerror (err));     /* die removes path */
 }
 
 /* An existing IMAGE may be replaced only with --force, never while QEMU (or
@@ -187,7 +187,7 @@ main (int argc, char **argv)
     .shared = OPT_FORMAT | OPT_CREATE | OPT_QUIET,
   };
   struct rb_create_opts o = { 0 };
-  const char *image, *backing = NULL, *backing_fmt = NULL;
+  const char *image, *backing = NULL, *backing_fmt = NULL, *tmp;
   char *full = NULL;
   bool unsafe = false, force = false, raw;
   uint64_t size;
@@ -255,11 +255,17 @@ main (int argc, char **argv)
     print_formatting (image, raw, &o, &cl.create);     /* the size as given */
   fflush (stdout);
   o.size = ROUND_UP_U64 (o.size, 512);
+  /* Made under a temporary name and renamed over IMAGE when complete: a
+   * failure (a full disk with preallocation=full) leaves the old IMAGE.
+   */
+  tmp = output_prepare (image, true, NULL, 0);
   if (raw)
-    create_raw (image, &o, force);
-  else if (rb_create (image, &o, force) == -1)
+    create_raw (tmp, image, &o);
+  else if (rb_create (tmp, &o, false) == -1)
     /* EINVAL: options the engine refuses together (nothing was created). */
     die (rb_errno () == EINVAL ? EXIT_USAGE : EXIT_TROUBLE, "%s: %s", image, rb_errmsg ());
+  if (output_commit () == -1)
+    die_rb ();
   free (full);
   return EXIT_OK;
 }
