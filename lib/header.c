@@ -353,6 +353,12 @@ snapshots_read (struct rb_image *img)
       return -1;
     sn->vm_state_size_large = extra_len >= 8 ? get_be64 (extra) : sn->vm_state_size;
     sn->disk_size = extra_len >= 16 ? get_be64 (extra + 8) : 0;
+    sn->icount = extra_len >= 24 ? get_be64 (extra + 16) : UINT64_MAX;
+    sn->extra_size = extra_len;
+    sn->extra = malloc (extra_len + 1);
+    if (!sn->extra)
+      return rb_error (ENOMEM, "out of memory");
+    memcpy (sn->extra, extra, extra_len);
     off += extra_len;
     sn->id = calloc (1, id_len + 1);
     sn->name = calloc (1, name_len + 1);
@@ -408,6 +414,7 @@ header_free (struct rb_image *img)
     for (i = 0; i < img->nb_snapshots; i++) {
       free (img->snapshots[i].id);
       free (img->snapshots[i].name);
+      free (img->snapshots[i].extra);
     }
   free (img->snapshots);
   free (img->backing_file);

@@ -489,6 +489,7 @@ rb_get_info (struct rb_image *img, struct rb_info *info)
     s->vm_clock_nsec = img->snapshots[i].vm_clock_nsec;
     s->l1_table_offset = img->snapshots[i].l1_table_offset;
     s->l1_size = img->snapshots[i].l1_size;
+    s->icount = img->snapshots[i].icount;
   }
   info->nr_snapshots = i;
   pthread_mutex_unlock (&img->meta_lock);

@@ -84,7 +84,10 @@ struct snapshot {
   uint32_t date_sec, date_nsec;
   uint64_t vm_clock_nsec;
   uint32_t vm_state_size;
-  uint64_t vm_state_size_large, disk_size;
+  uint64_t vm_state_size_large, disk_size;   /* disk_size 0: not recorded */
+  uint64_t icount;                           /* UINT64_MAX: not recorded */
+  uint8_t *extra;                            /* the extra data as read (kept when rewriting) */
+  uint32_t extra_size;
 };
 
 int header_read (struct rb_image *img);
@@ -94,6 +97,10 @@ int snapshots_read (struct rb_image *img);
 void header_free (struct rb_image *img);
 
 /* ---- refcount.c ---- */
+/* Entry i of refcount block b, read or set at the image's refcount width. */
+uint64_t block_get (struct rb_image *img, const uint8_t *b, uint64_t i);
+void block_set (struct rb_image *img, uint8_t *b, uint64_t i, uint64_t v);
+uint64_t refcount_max (struct rb_image *img);
 int refcount_get (struct rb_image *img, uint64_t cluster_index, uint64_t *refcount);
 int refcount_update (struct rb_image *img, uint64_t cluster_index, int64_t delta);
 /* Make sure refcount block for cluster_index exists (may grow the table). */
@@ -177,6 +184,8 @@ int64_t l2_table_for_write (struct rb_image *img, uint64_t l1_index, uint8_t **t
  */
 int write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len,
                         const void *data);
+/* Give back nr clusters at host nothing points at yet; keeps the current error. */
+void release_unused (struct rb_image *img, uint64_t host, uint64_t nr);
 
 /* ---- image.c ---- */
 struct chain_ids;
@@ -194,6 +203,48 @@ int mark_dirty_l1 (struct rb_image *img, uint64_t l1_index);
 int prepare_first_write (struct rb_image *img);
 int clear_autoclear (struct rb_image *img, bool written);
 int mark_corrupt (struct rb_image *img, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
+
+/* ---- txn.c: changes made live by one header write (see there) ----
+ * All calls with io_lock held exclusively and meta_lock held.
+ */
+struct txn;
+struct txn_state {              /* what the header points at after the switch */
+  uint64_t size;
+  uint32_t l1_size;
+  uint64_t l1_table_offset;
+  uint64_t *l1;                 /* the active L1 (host order); the image owns it once switched */
+  uint32_t nb_snapshots;
+  uint64_t snapshots_offset, snapshots_size;
+  struct snapshot *snapshots;   /* img->snapshots when unchanged; else owned once switched */
+};
+struct txn *txn_begin (struct rb_image *img);
+struct rb_image *txn_image (struct txn *t);
+int txn_ref (struct txn *t, uint64_t cluster_index, int64_t delta);
+int txn_ref_entry (struct txn *t, uint64_t l2_entry, int64_t delta);
+int txn_refcount (struct txn *t, uint64_t cluster_index, uint64_t *rc);
+int64_t txn_alloc (struct txn *t, uint64_t nr);
+int txn_write (struct txn *t, const void *buf, uint64_t len, uint64_t host_offset,
+               enum io_event ev);
+int txn_garbage (struct txn *t, uint64_t host_offset, uint64_t nr);
+int txn_commit (struct txn *t, struct txn_state *s, bool *switched);
+void txn_abort (struct txn *t);
+/* Commit, freeing what s holds unless the image took it.  Returns 0 / -1. */
+int txn_finish (struct txn *t, struct txn_state *s);
+/* Abort, freeing what s holds (its snapshots array has nr_snapshots entries).  Returns -1. */
+int txn_fail (struct txn *t, struct txn_state *s, uint32_t nr_snapshots);
+void snapshots_free (struct snapshot *v, uint32_t n);
+int txn_read_table (struct txn *t, uint64_t l1_entry, uint8_t *buf, uint64_t *off);
+int txn_ref_table (struct txn *t, const uint8_t *buf, int64_t delta);
+int64_t txn_new_table (struct txn *t, const uint8_t *buf);
+int64_t txn_new_l1 (struct txn *t, const uint64_t *l1, uint32_t l1_size);
+int txn_garbage_l1 (struct txn *t, uint64_t offset, uint32_t l1_size);
+int txn_new_active_l1 (struct txn *t, struct txn_state *s);
+int txn_lock (struct rb_image *img);
+void txn_unlock (struct rb_image *img);
+
+/* ---- resize.c ---- */
+/* Cut the file after the last cluster in use (refcounts durable).  Under meta_lock. */
+int truncate_unused (struct rb_image *img);
 
 /* ---- overlap.c ---- */
 enum overlap_kind { OV_DATA, OV_L2, OV_L1, OV_REFBLOCK, OV_REFTABLE };

@@ -170,6 +170,7 @@ struct rb_snapshot_info {
   uint64_t vm_clock_nsec;
   uint64_t l1_table_offset;
   uint32_t l1_size;
+  uint64_t icount;                 /* UINT64_MAX if not recorded */
 };
 
 struct rb_info {
@@ -217,6 +218,23 @@ int rb_get_info (struct rb_image *img, struct rb_info *info);
  * Returns NULL if unknown.
  */
 const char *rb_feature_name (struct rb_image *img, int group, int bit);
+
+/* ---- internal snapshots and resize (lib/snapshot.c, lib/resize.c) ----
+ * Each holds off every guest request of img while it runs and is crash-safe:
+ * killed at any point, the image is the old one or the new one (plus leaked
+ * clusters at worst).  Snapshots are found as qemu-img does: by id, then name.
+ */
+/* Every snapshot into *list (malloc'd; the caller frees it).  Returns the count or -1. */
+int rb_snapshot_list (struct rb_image *img, struct rb_snapshot_info **list);
+/* Take snapshot `name` of the active state (a new name: EEXIST otherwise). */
+int rb_snapshot_create (struct rb_image *img, const char *name);
+/* Make the snapshot the active state (its disk size too); the snapshot stays. */
+int rb_snapshot_apply (struct rb_image *img, const char *id_or_name);
+int rb_snapshot_delete (struct rb_image *img, const char *id_or_name);
+
+#define RB_RESIZE_SHRINK 0x1       /* allow a smaller size (data past it is dropped) */
+/* Change the virtual size (a multiple of 512), as qemu-img resize. */
+int rb_resize (struct rb_image *img, uint64_t new_size, unsigned flags);
 
 /* ---- check ---- */
 struct rb_check_result {

@@ -11,7 +11,7 @@
 #include "internal.h"
 
 /* Read entry i of a refcount block. */
-static uint64_t
+uint64_t
 block_get (struct rb_image *img, const uint8_t *b, uint64_t i)
 {
   switch (img->refcount_order) {
@@ -26,7 +26,7 @@ block_get (struct rb_image *img, const uint8_t *b, uint64_t i)
 }
 
 /* Set entry i of a refcount block (v fits the width). */
-static void
+void
 block_set (struct rb_image *img, uint8_t *b, uint64_t i, uint64_t v)
 {
   unsigned shift;
@@ -42,7 +42,8 @@ block_set (struct rb_image *img, uint8_t *b, uint64_t i, uint64_t v)
   }
 }
 
-static uint64_t
+/* The largest refcount the image's width holds. */
+uint64_t
 refcount_max (struct rb_image *img)
 {
   return img->refcount_order == 6 ? UINT64_MAX : (1ULL << img->refcount_bits) - 1;

@@ -38,7 +38,7 @@ writable (struct rb_image *img)
  * before anything pointed at them: no pointer exists, so the refcount can
  * drop at once (a full disk then leaves no leak).  Best effort.
  */
-static void
+void
 release_unused (struct rb_image *img, uint64_t host, uint64_t nr)
 {
   int e = errno;
