@@ -233,6 +233,7 @@ cache_mark_dirty (struct cache *c, uint64_t host_offset)
 {
   struct cache_entry *e = lookup (c, host_offset);
 
+  c->img->meta_gen++;
   if (e && !e->dirty) {
     e->dirty = true;
     c->nr_dirty++;

@@ -5,17 +5,86 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
+/* The walk.  A plain check runs in steps (sliced): meta_lock is dropped
+ * between two L2 tables and every few thousand refcounts, and L2 tables not
+ * in the cache are read with the lock dropped, so guest I/O (which needs
+ * meta_lock to map) waits for one step at most, never for the whole check.
+ * Every metadata change bumps img->meta_gen under meta_lock; a step that
+ * finds it changed restarts the walk, so a result is always that of one
+ * unchanged image (as an exclusive check would give).  Repairs keep the
+ * image to themselves (io_lock exclusive, meta_lock throughout).
+ */
 struct counts {
   struct rb_image *img;
   uint64_t nb_clusters;
   uint32_t *ref;
   struct rb_check_result *res;
+  bool sliced;
+  uint64_t gen;             /* img->meta_gen when the walk started */
+  const uint64_t *l1, *reftable;
+  uint32_t l1_size, nb_snapshots;
 };
+
+#define CHECK_ATTEMPTS 8              /* walks restarted by concurrent changes */
+#define CHECK_STEP_CLUSTERS 4096      /* refcounts compared per step */
+
+/* Whether the metadata changed since the walk started (then it restarts). */
+static bool
+changed (struct counts *k)
+{
+  struct rb_image *img = k->img;
+
+  return img->meta_gen != k->gen || img->l1 != k->l1 || img->l1_size != k->l1_size ||
+    img->reftable != k->reftable || img->nb_snapshots != k->nb_snapshots;
+}
+
+/* End a step of a sliced walk: let waiting I/O take meta_lock, take it back.
+ * Returns 0 to go on, 1 if the metadata changed meanwhile.
+ */
+static int
+step_end (struct counts *k)
+{
+  if (!k->sliced)
+    return 0;
+  pthread_mutex_unlock (&k->img->meta_lock);
+  sched_yield ();
+  pthread_mutex_lock (&k->img->meta_lock);
+  return changed (k) ? 1 : 0;
+}
+
+/* Copy the L2 table at l2 into t: from the cache if it holds it (it may be
+ * newer than the file), else from the file, with meta_lock dropped in a sliced
+ * walk.  Returns 0, 1 (changed meanwhile: restart) or -1 (read error).
+ */
+static int
+read_l2 (struct counts *k, uint64_t l2, uint8_t *t)
+{
+  struct rb_image *img = k->img;
+  int r;
+
+  if (cache_contains (img->l2_cache, l2)) {
+    uint8_t *c = cache_get (img->l2_cache, l2, false);
+    if (!c)
+      return -1;
+    memcpy (t, c, img->cluster_size);
+    cache_put (img->l2_cache, l2);
+    return 0;
+  }
+  if (!k->sliced)
+    return full_pread (img->fd, t, img->cluster_size, l2, IO_META_READ);
+  pthread_mutex_unlock (&img->meta_lock);
+  r = full_pread (img->fd, t, img->cluster_size, l2, IO_META_READ);
+  pthread_mutex_lock (&img->meta_lock);
+  if (changed (k))
+    return 1;
+  return r;
+}
 
 /* Count one reference to every cluster of host range [off, off+len). */
 static void
@@ -57,13 +126,16 @@ ref_cluster (struct counts *k, uint64_t off)
   return true;
 }
 
-/* Walk one L1 table (host-order entries).  active: also check the copied flags. */
+/* Walk one L1 table (host-order entries).  active: also check the copied
+ * flags.  Returns 0, 1 (changed: restart) or -1.
+ */
 static int
 walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
 {
   struct rb_image *img = k->img;
   CLEANUP_FREE uint8_t *t = malloc (img->cluster_size);
   uint64_t i, j, rc, next_contiguous;
+  int r;
 
   if (!t)
     return rb_error (ENOMEM, "out of memory");
@@ -71,6 +143,8 @@ walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
     uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
     if (!l2)
       continue;
+    if (step_end (k))
+      return 1;
     if (!ref_cluster (k, l2))
       continue;
     if (active) {
@@ -79,15 +153,12 @@ walk_l1 (struct counts *k, const uint64_t *l1, uint64_t l1_size, bool active)
       if ((rc == 1) != ((l1[i] & QCOW_OFLAG_COPIED) != 0))
         k->res->corruptions++;
     }
-    /* Through the cache: it may hold newer contents than the file. */
-    {
-      uint8_t *c = cache_get (img->l2_cache, l2, false);
-      if (!c) {
-        k->res->check_errors++;
-        continue;
-      }
-      memcpy (t, c, img->cluster_size);
-      cache_put (img->l2_cache, l2);
+    r = read_l2 (k, l2, t);
+    if (r == 1)
+      return 1;
+    if (r == -1) {
+      k->res->check_errors++;
+      continue;
     }
     next_contiguous = 0;             /* fragmentation is counted per L2 table, as QEMU */
     for (j = 0; j < img->l2_entries; j++) {
@@ -156,55 +227,71 @@ walk_bitmaps (struct counts *k)
   return 0;
 }
 
-/* Count references and compare them with the refcounts, repairing as flags
- * say (the caller has made sure the image may be written), with io_lock
- * held exclusive and meta_lock.  Adds to *res.  Returns 0 / -1.
+/* One walk over the image under meta_lock (dropped between steps when
+ * k->sliced), repairing as flags say (then the caller holds io_lock
+ * exclusive and has made sure the image may be written).  Adds to *k->res.
+ * Returns 0, 1 (the metadata changed: walk again) or -1.
  */
-int
-check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
+static int
+check_pass (struct counts *k, unsigned flags)
 {
-  struct counts k = { .img = img, .res = res };
+  struct rb_image *img = k->img;
+  struct rb_check_result *res = k->res;
   uint64_t i, rc;
-  CLEANUP_FREE uint32_t *ref = NULL;
+  uint32_t *ref;
+  int r;
 
-  k.nb_clusters = DIV_ROUND_UP (img->file_size, img->cluster_size);
-  ref = k.ref = calloc (MAX (k.nb_clusters, 1), sizeof *ref);
+  k->gen = img->meta_gen;
+  k->l1 = img->l1;
+  k->l1_size = img->l1_size;
+  k->reftable = img->reftable;
+  k->nb_snapshots = img->nb_snapshots;
+  k->nb_clusters = DIV_ROUND_UP (img->file_size, img->cluster_size);
+  free (k->ref);
+  ref = k->ref = calloc (MAX (k->nb_clusters, 1), sizeof *ref);
   if (!ref)
     return rb_error (ENOMEM, "out of memory for the check");
   res->total_clusters = DIV_ROUND_UP (img->size, img->cluster_size);
-  res->image_end_offset = k.nb_clusters << img->cluster_bits;
+  res->image_end_offset = k->nb_clusters << img->cluster_bits;
 
-  ref_range (&k, 0, img->cluster_size);
-  ref_range (&k, img->l1_table_offset, (uint64_t) img->l1_size * 8);
-  if (walk_l1 (&k, img->l1, img->l1_size, true) == -1)
-    return -1;
+  ref_range (k, 0, img->cluster_size);
+  ref_range (k, img->l1_table_offset, (uint64_t) img->l1_size * 8);
+  /* Clusters waiting in the deferred-free queue: no pointer left, but their
+   * refcount is still held (it drops at the next flush).
+   */
+  for (i = 0; i < img->nr_frees; i++)
+    ref_range (k, img->frees[i].host_offset, img->frees[i].nr << img->cluster_bits);
+  if ((r = walk_l1 (k, img->l1, img->l1_size, true)) != 0)
+    return r;
   if (img->nb_snapshots > 0)
-    ref_range (&k, img->snapshots_offset, img->snapshots_size);
+    ref_range (k, img->snapshots_offset, img->snapshots_size);
   for (i = 0; i < img->nb_snapshots; i++) {
     struct snapshot *sn = &img->snapshots[i];
     CLEANUP_FREE uint64_t *l1 = calloc (MAX (sn->l1_size, 1), 8);
     uint64_t j;
     if (!l1)
       return rb_error (ENOMEM, "out of memory");
-    ref_range (&k, sn->l1_table_offset, (uint64_t) sn->l1_size * 8);
+    ref_range (k, sn->l1_table_offset, (uint64_t) sn->l1_size * 8);
     if (sn->l1_size && full_pread (img->fd, l1, (uint64_t) sn->l1_size * 8, sn->l1_table_offset, IO_META_READ) == -1)
       return -1;
     for (j = 0; j < sn->l1_size; j++)
       l1[j] = be64toh (l1[j]);
-    if (walk_l1 (&k, l1, sn->l1_size, false) == -1)
-      return -1;
+    if ((r = walk_l1 (k, l1, sn->l1_size, false)) != 0)
+      return r;
   }
-  if (walk_bitmaps (&k) == -1)
+  if (walk_bitmaps (k) == -1)
     return -1;
-  ref_range (&k, img->refcount_table_offset,
+  ref_range (k, img->refcount_table_offset,
              (uint64_t) img->refcount_table_clusters * img->cluster_size);
   for (i = 0; i < img->reftable_entries; i++) {
     uint64_t off = img->reftable[i] & REFT_OFFSET_MASK;
     if (off)
-      ref_cluster (&k, off);
+      ref_cluster (k, off);
   }
 
-  for (i = 0; i < k.nb_clusters; i++) {
+  for (i = 0; i < k->nb_clusters; i++) {
+    if (i % CHECK_STEP_CLUSTERS == CHECK_STEP_CLUSTERS - 1 && step_end (k))
+      return 1;
     if (refcount_get (img, i, &rc) == -1)
       return -1;
     if (rc != ref[i] && (flags & RB_CHECK_REPAIR_ALL)) {
@@ -235,10 +322,12 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
   /* Refcounts set for clusters past the end of the file (qemu-img does not
    * look there): leaks, freed by a leak repair.
    */
-  for (i = k.nb_clusters >> img->refblock_bits; i < img->reftable_entries; i++) {
-    uint64_t c = MAX (i << img->refblock_bits, k.nb_clusters);
+  for (i = k->nb_clusters >> img->refblock_bits; i < img->reftable_entries; i++) {
+    uint64_t c = MAX (i << img->refblock_bits, k->nb_clusters);
     if (!(img->reftable[i] & REFT_OFFSET_MASK))
       continue;
+    if (step_end (k))
+      return 1;
     for (; c < (i + 1) << img->refblock_bits; c++) {
       if (refcount_get (img, c, &rc) == -1)
         return -1;
@@ -256,24 +345,63 @@ check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
   return 0;
 }
 
+/* The walk with io_lock held exclusive and meta_lock, repairing as flags
+ * say (the caller has made sure the image may be written).  Adds to *res.
+ * Returns 0 / -1.
+ */
+int
+check_locked (struct rb_image *img, struct rb_check_result *res, unsigned flags)
+{
+  struct counts k = { .img = img, .res = res };
+  int r = check_pass (&k, flags);
+
+  free (k.ref);
+  return r;
+}
+
+/* Check (and with flags repair) img as qemu-img check does.  A plain check
+ * runs beside guest I/O (see struct counts) and returns -1 with EAGAIN if the
+ * image changed under each of CHECK_ATTEMPTS walks; repairs and
+ * RB_CHECK_EXCLUSIVE hold the image for one walk (guest I/O waits).
+ */
 int
 rb_check (struct rb_image *img, struct rb_check_result *res, unsigned flags)
 {
-  int r;
+  struct counts k = { .img = img, .res = res };
+  bool repair = flags & (RB_CHECK_REPAIR_LEAKS | RB_CHECK_REPAIR_ALL);
+  int r = 0, attempt;
 
   memset (res, 0, sizeof *res);
   if (img->is_raw)
     return rb_error (EINVAL, "not a qcow2 image");
-  if (!rb_is_readonly (img) && rb_flush (img) == -1)
-    return -1;
-  if ((flags & (RB_CHECK_REPAIR_LEAKS | RB_CHECK_REPAIR_ALL)) && rb_is_readonly (img))
+  if (repair && rb_is_readonly (img))
     return rb_error (EROFS, "%s: cannot repair a read-only image", img->path);
-  pthread_rwlock_wrlock (&img->io_lock);
+  if (repair || (flags & RB_CHECK_EXCLUSIVE)) {
+    if (!rb_is_readonly (img) && rb_flush (img) == -1)
+      return -1;
+    pthread_rwlock_wrlock (&img->io_lock);
+    pthread_mutex_lock (&img->meta_lock);
+    r = check_locked (img, res, flags & ~RB_CHECK_EXCLUSIVE);
+    if (r == 0 && (res->leaks_fixed || res->corruptions_fixed))
+      r = flush_metadata (img);
+    pthread_mutex_unlock (&img->meta_lock);
+    pthread_rwlock_unlock (&img->io_lock);
+    return r;
+  }
+  k.sliced = true;
   pthread_mutex_lock (&img->meta_lock);
-  r = check_locked (img, res, flags);
-  if (r == 0 && (res->leaks_fixed || res->corruptions_fixed))
-    r = flush_metadata (img);
+  for (attempt = 0; attempt < CHECK_ATTEMPTS; attempt++) {
+    memset (res, 0, sizeof *res);
+    if ((r = check_pass (&k, 0)) != 1)
+      break;
+  }
   pthread_mutex_unlock (&img->meta_lock);
-  pthread_rwlock_unlock (&img->io_lock);
+  free (k.ref);
+  if (r == 1) {
+    memset (res, 0, sizeof *res);
+    return rb_error (EAGAIN, "%s: the image changed during each of %d check attempts; "
+                     "check again when fewer writes run (or pause I/O for it)",
+                     img->path, CHECK_ATTEMPTS);
+  }
   return r;
 }

@@ -50,6 +50,7 @@ mark_dirty_l1 (struct rb_image *img, uint64_t l1_index)
 {
   img->l1_dirty[l1_index / 64] = 1;
   img->l1_any_dirty = true;
+  img->meta_gen++;
   return 0;
 }
 

@@ -425,11 +425,25 @@ rb_make_writable (struct rb_image *img)
   return r;
 }
 
+/* A copy of the counters: each read under the lock its writers hold
+ * (stats_lock for the request counters; meta_lock for the allocator's and
+ * the caches', which count under it).
+ */
 void
 rb_get_stats (struct rb_image *img, struct rb_stats *st)
 {
+  memset (st, 0, sizeof *st);
   pthread_mutex_lock (&img->stats_lock);
-  *st = img->stats;
+  st->reads = img->stats.reads;
+  st->read_bytes = img->stats.read_bytes;
+  st->writes = img->stats.writes;
+  st->write_bytes = img->stats.write_bytes;
+  st->zeros = img->stats.zeros;
+  st->zero_bytes = img->stats.zero_bytes;
+  st->trims = img->stats.trims;
+  st->trim_bytes = img->stats.trim_bytes;
+  st->flushes = img->stats.flushes;
+  st->extents_calls = img->stats.extents_calls;
   pthread_mutex_unlock (&img->stats_lock);
   pthread_mutex_lock (&img->meta_lock);
   st->clusters_allocated = img->stats.clusters_allocated;

@@ -420,6 +420,8 @@ struct rb_image {
   pthread_rwlock_t io_lock;
   pthread_mutex_t meta_lock;
   pthread_mutex_t stats_lock;
+  uint64_t meta_gen;        /* under meta_lock: bumped by every change of L1, L2 tables,
+                             * refcounts or the refcount table (check.c walks beside I/O) */
 
   uint64_t *l1;             /* l1_size entries, host order */
   uint8_t *l1_dirty;        /* one flag per L1 entry */

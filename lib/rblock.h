@@ -253,6 +253,7 @@ struct rb_check_result {
 };
 #define RB_CHECK_REPAIR_LEAKS 0x1
 #define RB_CHECK_REPAIR_ALL   0x2   /* also raise refcounts that are too low */
+#define RB_CHECK_EXCLUSIVE    0x4   /* hold the image for the walk (guest I/O waits) */
 int rb_check (struct rb_image *img, struct rb_check_result *res, unsigned flags);
 
 /* ---- statistics ---- */

@@ -98,6 +98,7 @@ write_reftable_entry (struct rb_image *img, uint64_t rt_index)
 {
   uint8_t b[8];
 
+  img->meta_gen++;
   put_be64 (b, img->reftable[rt_index]);
   return full_pwrite (img->fd, b, 8, img->refcount_table_offset + rt_index * 8, IO_REFTABLE_GROW);
 }

@@ -35,8 +35,49 @@ engine_error (struct rpc_error *err)
   err->code = RPC_ENGINE_ERROR;
   snprintf (err->message, sizeof err->message, "%s", rb_errmsg ());
   err->data = json_object_new_object ();
-  json_object_object_add (err->data, "errno", json_object_new_int (rb_errno ()));
+  if (err->data)
+    json_object_object_add (err->data, "errno", json_object_new_int (rb_errno ()));
   return NULL;
+}
+
+/* json-c's adds abort on a NULL container, and a NULL value is json-c out
+ * of memory: add, add_opt (v NULL is a JSON null) and push record that in
+ * err->oom instead, and done turns it into an error, never a partial reply.
+ */
+static void
+add_opt (struct rpc_error *err, json_object *o, const char *key, json_object *v)
+{
+  if (!o || json_object_object_add (o, key, v) != 0) {
+    err->oom = true;
+    json_object_put (v);
+  }
+}
+
+static void
+add (struct rpc_error *err, json_object *o, const char *key, json_object *v)
+{
+  if (!v)
+    err->oom = true;
+  add_opt (err, o, key, v);
+}
+
+static void
+push (struct rpc_error *err, json_object *a, json_object *v)
+{
+  if (!v || !a || json_object_array_add (a, v) != 0) {
+    err->oom = true;
+    json_object_put (v);
+  }
+}
+
+/* The method's result r, or NULL (an internal error) if anything in it failed. */
+static json_object *
+done (struct rpc_error *err, json_object *r)
+{
+  if (r && !err->oom)
+    return r;
+  json_object_put (r);
+  return fail (err, RPC_INTERNAL_ERROR, "%s", "Internal error: out of memory");
 }
 
 /* An unsigned integer parameter: required or with a default.  json-c would
@@ -178,14 +219,14 @@ method_get_version (struct rpc_ctx *ctx, json_object *params, struct rpc_error *
   if (only_params (params, names, err) == -1)
     return NULL;
   r = json_object_new_object ();
-  json_object_object_add (r, "name", json_object_new_string ("rblock"));
-  json_object_object_add (r, "version", json_object_new_string (PACKAGE_VERSION));
-  json_object_object_add (r, "jsonrpc", json_object_new_string ("2.0"));
-  return r;
+  add (err, r, "name", json_object_new_string ("rblock"));
+  add (err, r, "version", json_object_new_string (PACKAGE_VERSION));
+  add (err, r, "jsonrpc", json_object_new_string ("2.0"));
+  return done (err, r);
 }
 
 static json_object *
-feature_list (struct rb_image *img, int group, uint64_t bits)
+feature_list (struct rb_image *img, int group, uint64_t bits, struct rpc_error *err)
 {
   json_object *a = json_object_new_array ();
   int i;
@@ -198,7 +239,7 @@ feature_list (struct rb_image *img, int group, uint64_t bits)
         snprintf (buf, sizeof buf, "bit %d", i);
         n = buf;
       }
-      json_object_array_add (a, json_object_new_string (n));
+      push (err, a, rpc_string (n));
     }
   return a;
 }
@@ -235,63 +276,63 @@ method_info (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
     return engine_error (err);
   }
   r = json_object_new_object ();
-  json_object_object_add (r, "virtual_size", j_u64 (in->virtual_size));
-  json_object_object_add (r, "cluster_size", j_u64 (in->cluster_size));
-  json_object_object_add (r, "version", json_object_new_int (in->version));
-  json_object_object_add (r, "compat", json_object_new_string (in->version == 2 ? "0.10" : "1.1"));
-  json_object_object_add (r, "refcount_bits", json_object_new_int (in->refcount_bits));
-  json_object_object_add (r, "compression_type",
+  add (err, r, "virtual_size", j_u64 (in->virtual_size));
+  add (err, r, "cluster_size", j_u64 (in->cluster_size));
+  add (err, r, "version", json_object_new_int (in->version));
+  add (err, r, "compat", json_object_new_string (in->version == 2 ? "0.10" : "1.1"));
+  add (err, r, "refcount_bits", json_object_new_int (in->refcount_bits));
+  add (err, r, "compression_type",
                           json_object_new_string (in->compression_type ? "zstd" : "zlib"));
-  json_object_object_add (r, "extended_l2", json_object_new_boolean (in->extended_l2));
-  json_object_object_add (r, "lazy_refcounts", json_object_new_boolean (in->lazy_refcounts));
-  json_object_object_add (r, "dirty", json_object_new_boolean (in->dirty));
-  json_object_object_add (r, "corrupt", json_object_new_boolean (in->corrupt));
-  json_object_object_add (r, "header_length", json_object_new_int (in->header_length));
-  json_object_object_add (r, "l1_table_offset", j_u64 (in->l1_table_offset));
-  json_object_object_add (r, "l1_size", j_u64 (in->l1_size));
-  json_object_object_add (r, "refcount_table_offset", j_u64 (in->refcount_table_offset));
-  json_object_object_add (r, "refcount_table_clusters", j_u64 (in->refcount_table_clusters));
-  json_object_object_add (r, "file_size", j_u64 (in->file_size));
+  add (err, r, "extended_l2", json_object_new_boolean (in->extended_l2));
+  add (err, r, "lazy_refcounts", json_object_new_boolean (in->lazy_refcounts));
+  add (err, r, "dirty", json_object_new_boolean (in->dirty));
+  add (err, r, "corrupt", json_object_new_boolean (in->corrupt));
+  add (err, r, "header_length", json_object_new_int (in->header_length));
+  add (err, r, "l1_table_offset", j_u64 (in->l1_table_offset));
+  add (err, r, "l1_size", j_u64 (in->l1_size));
+  add (err, r, "refcount_table_offset", j_u64 (in->refcount_table_offset));
+  add (err, r, "refcount_table_clusters", j_u64 (in->refcount_table_clusters));
+  add (err, r, "file_size", j_u64 (in->file_size));
   f = json_object_new_object ();
-  json_object_object_add (f, "incompatible", feature_list (ctx->img, 0, in->incompatible_features));
-  json_object_object_add (f, "compatible", feature_list (ctx->img, 1, in->compatible_features));
-  json_object_object_add (f, "autoclear", feature_list (ctx->img, 2, in->autoclear_features));
-  json_object_object_add (r, "features", f);
+  add (err, f, "incompatible", feature_list (ctx->img, 0, in->incompatible_features, err));
+  add (err, f, "compatible", feature_list (ctx->img, 1, in->compatible_features, err));
+  add (err, f, "autoclear", feature_list (ctx->img, 2, in->autoclear_features, err));
+  add (err, r, "features", f);
   a = json_object_new_array ();
   for (i = 0; i < in->nr_extensions; i++) {
     json_object *e = json_object_new_object ();
     snprintf (hex, sizeof hex, "0x%08x", in->extensions[i].type);
-    json_object_object_add (e, "type", json_object_new_string (hex));
-    json_object_object_add (e, "name", json_object_new_string (ext_name (in->extensions[i].type)));
-    json_object_object_add (e, "length", json_object_new_int (in->extensions[i].length));
-    json_object_array_add (a, e);
+    add (err, e, "type", json_object_new_string (hex));
+    add (err, e, "name", json_object_new_string (ext_name (in->extensions[i].type)));
+    add (err, e, "length", json_object_new_int (in->extensions[i].length));
+    push (err, a, e);
   }
-  json_object_object_add (r, "header_extensions", a);
-  json_object_object_add (r, "backing_file", in->backing_file[0] ? json_object_new_string (in->backing_file) : NULL);
-  json_object_object_add (r, "backing_format", in->backing_format[0] ? json_object_new_string (in->backing_format) : NULL);
+  add (err, r, "header_extensions", a);
+  add_opt (err, r, "backing_file", in->backing_file[0] ? rpc_string (in->backing_file) : NULL);
+  add_opt (err, r, "backing_format", in->backing_format[0] ? rpc_string (in->backing_format) : NULL);
   a = json_object_new_array ();
   for (i = 0; i < in->chain_depth; i++) {
     json_object *e = json_object_new_object ();
-    json_object_object_add (e, "filename", json_object_new_string (in->chain[i].path));
-    json_object_object_add (e, "format", json_object_new_string (in->chain[i].format));
-    json_object_object_add (e, "virtual_size", j_u64 (in->chain[i].virtual_size));
-    json_object_array_add (a, e);
+    add (err, e, "filename", rpc_string (in->chain[i].path));
+    add (err, e, "format", rpc_string (in->chain[i].format));
+    add (err, e, "virtual_size", j_u64 (in->chain[i].virtual_size));
+    push (err, a, e);
   }
-  json_object_object_add (r, "backing_chain", a);
+  add (err, r, "backing_chain", a);
   a = json_object_new_array ();
   for (i = 0; i < in->nr_snapshots; i++) {
     json_object *e = json_object_new_object ();
-    json_object_object_add (e, "id", json_object_new_string (in->snapshots[i].id));
-    json_object_object_add (e, "name", json_object_new_string (in->snapshots[i].name));
-    json_object_object_add (e, "vm_state_size", j_u64 (in->snapshots[i].vm_state_size));
-    json_object_object_add (e, "date_sec", j_u64 (in->snapshots[i].date_sec));
-    json_object_object_add (e, "date_nsec", j_u64 (in->snapshots[i].date_nsec));
-    json_object_object_add (e, "vm_clock_nsec", j_u64 (in->snapshots[i].vm_clock_nsec));
-    json_object_array_add (a, e);
+    add (err, e, "id", rpc_string (in->snapshots[i].id));
+    add (err, e, "name", rpc_string (in->snapshots[i].name));
+    add (err, e, "vm_state_size", j_u64 (in->snapshots[i].vm_state_size));
+    add (err, e, "date_sec", j_u64 (in->snapshots[i].date_sec));
+    add (err, e, "date_nsec", j_u64 (in->snapshots[i].date_nsec));
+    add (err, e, "vm_clock_nsec", j_u64 (in->snapshots[i].vm_clock_nsec));
+    push (err, a, e);
   }
-  json_object_object_add (r, "snapshots", a);
+  add (err, r, "snapshots", a);
   free (in);
-  return r;
+  return done (err, r);
 }
 
 /* Read [offset, offset+length) and encode it. */
@@ -316,10 +357,13 @@ read_range (struct rpc_ctx *ctx, uint64_t offset, uint64_t length, const char *e
     return engine_error (err);
   }
   if (strcmp (encoding, "hex") == 0) {
+    static const char digits[] = "0123456789abcdef";
     uint64_t i;
     enc = malloc (length * 2 + 1);
-    for (i = 0; enc && i < length; i++)
-      sprintf (enc + 2 * i, "%02x", buf[i]);
+    for (i = 0; enc && i < length; i++) {
+      enc[2 * i] = digits[buf[i] >> 4];
+      enc[2 * i + 1] = digits[buf[i] & 15];
+    }
     if (enc)
       enc[2 * length] = '\0';
   }
@@ -328,16 +372,14 @@ read_range (struct rpc_ctx *ctx, uint64_t offset, uint64_t length, const char *e
   free (buf);
   if (!enc)
     return fail (err, RPC_INTERNAL_ERROR, "%s", "out of memory");
-  pthread_mutex_lock (&ctx->lock);
-  ctx->read_bytes += length;
-  pthread_mutex_unlock (&ctx->lock);
+  rpc_count (ctx->state, &ctx->state->read_bytes, length);
   r = json_object_new_object ();
-  json_object_object_add (r, "offset", j_u64 (offset));
-  json_object_object_add (r, "length", j_u64 (length));
-  json_object_object_add (r, "encoding", json_object_new_string (encoding));
-  json_object_object_add (r, "data", json_object_new_string (enc));
+  add (err, r, "offset", j_u64 (offset));
+  add (err, r, "length", j_u64 (length));
+  add (err, r, "encoding", json_object_new_string (encoding));
+  add (err, r, "data", json_object_new_string (enc));
   free (enc);
-  return r;
+  return done (err, r);
 }
 
 static int
@@ -387,8 +429,10 @@ method_read_guest_cluster (struct rpc_ctx *ctx, json_object *params, struct rpc_
   if (cluster >= (size + cs - 1) / cs)
     return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" is beyond the end of the disk", "cluster");
   r = read_range (ctx, cluster * cs, cs < size - cluster * cs ? cs : size - cluster * cs, enc, err);
-  if (r)
-    json_object_object_add (r, "cluster", j_u64 (cluster));
+  if (r) {
+    add (err, r, "cluster", j_u64 (cluster));
+    r = done (err, r);
+  }
   return r;
 }
 
@@ -408,39 +452,41 @@ method_lookup (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   if (rb_lookup (ctx->img, offset, &m) == -1)
     return engine_error (err);
   r = json_object_new_object ();
-  json_object_object_add (r, "offset", j_u64 (m.guest_offset));
-  json_object_object_add (r, "guest_cluster", j_u64 (m.guest_cluster));
-  json_object_object_add (r, "l1_index", j_u64 (m.l1_index));
-  json_object_object_add (r, "l2_index", j_u64 (m.l2_index));
-  json_object_object_add (r, "l2_table_offset", j_u64 (m.l2_table_offset));
-  json_object_object_add (r, "l2_entry", j_u64 (m.l2_entry));
+  add (err, r, "offset", j_u64 (m.guest_offset));
+  add (err, r, "guest_cluster", j_u64 (m.guest_cluster));
+  add (err, r, "l1_index", j_u64 (m.l1_index));
+  add (err, r, "l2_index", j_u64 (m.l2_index));
+  add (err, r, "l2_table_offset", j_u64 (m.l2_table_offset));
+  add (err, r, "l2_entry", j_u64 (m.l2_entry));
   if (m.subcluster >= 0) {
-    json_object_object_add (r, "subcluster", json_object_new_int (m.subcluster));
-    json_object_object_add (r, "l2_bitmap", j_u64 (m.l2_bitmap));
+    add (err, r, "subcluster", json_object_new_int (m.subcluster));
+    add (err, r, "l2_bitmap", j_u64 (m.l2_bitmap));
   }
-  json_object_object_add (r, "type", json_object_new_string (rb_cluster_type_name (m.type)));
-  json_object_object_add (r, "host_cluster_offset", j_u64 (m.host_cluster_offset));
-  json_object_object_add (r, "host_offset", j_u64 (m.host_offset));
+  add (err, r, "type", json_object_new_string (rb_cluster_type_name (m.type)));
+  add (err, r, "host_cluster_offset", j_u64 (m.host_cluster_offset));
+  add (err, r, "host_offset", j_u64 (m.host_offset));
   if (m.type == RB_CLUSTER_COMPRESSED)
-    json_object_object_add (r, "compressed_size", j_u64 (m.compressed_size));
-  json_object_object_add (r, "refcount_table_index", j_u64 (m.refcount_table_index));
-  json_object_object_add (r, "refcount_block_index", j_u64 (m.refcount_block_index));
-  json_object_object_add (r, "refcount", j_u64 (m.refcount));
+    add (err, r, "compressed_size", j_u64 (m.compressed_size));
+  add (err, r, "refcount_table_index", j_u64 (m.refcount_table_index));
+  add (err, r, "refcount_block_index", j_u64 (m.refcount_block_index));
+  add (err, r, "refcount", j_u64 (m.refcount));
   if (m.type == RB_CLUSTER_BACKING)
-    json_object_object_add (r, "backing_depth", json_object_new_int (m.backing_depth));
-  return r;
+    add (err, r, "backing_depth", json_object_new_int (m.backing_depth));
+  return done (err, r);
 }
 
 struct map_acc {
   struct rb_image *img;
   json_object *a;
   unsigned n;
+  struct rpc_error *err;
 };
 
 static int
 map_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
 {
   struct map_acc *acc = opaque;
+  struct rpc_error *err = acc->err;
   json_object *e = json_object_new_object ();
   bool data = !(type & RB_EXTENT_ZERO);
   struct rb_mapping m;
@@ -450,13 +496,13 @@ map_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
     errno = E2BIG;
     return -1;
   }
-  json_object_object_add (e, "start", j_u64 (offset));
-  json_object_object_add (e, "length", j_u64 (length));
-  json_object_object_add (e, "data", json_object_new_boolean (data));
-  json_object_object_add (e, "zero", json_object_new_boolean (!data));
+  add (err, e, "start", j_u64 (offset));
+  add (err, e, "length", j_u64 (length));
+  add (err, e, "data", json_object_new_boolean (data));
+  add (err, e, "zero", json_object_new_boolean (!data));
   if (data && rb_lookup (acc->img, offset, &m) == 0 && m.type == RB_CLUSTER_DATA)
-    json_object_object_add (e, "offset", j_u64 (m.host_offset));
-  json_object_array_add (acc->a, e);
+    add (err, e, "offset", j_u64 (m.host_offset));
+  push (err, acc->a, e);
   return 0;
 }
 
@@ -496,34 +542,45 @@ method_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   acc.img = ctx->img;
   acc.a = json_object_new_array ();
   acc.n = 0;
+  acc.err = err;
   if (length && rb_extents (ctx->img, length, offset, map_extent, &acc) == -1) {
     json_object_put (acc.a);
     if (acc.n > 100000)
       return fail (err, RPC_INVALID_PARAMS, "Invalid params: the range has too many extents; ask for a shorter %s", "length");
     return engine_error (err);
   }
-  return acc.a;
+  return done (err, acc.a);
 }
 
 static json_object *
 method_check (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
 {
-  static const char *const names[] = { NULL };
+  static const char *const names[] = { "exclusive", NULL };
   struct rb_check_result c;
-  json_object *r;
+  json_object *r, *x = NULL;
+  bool exclusive = false;
 
   if (only_params (params, names, err) == -1)
     return NULL;
-  if (rb_check (ctx->img, &c, 0) == -1)
+  if (params && json_object_object_get_ex (params, "exclusive", &x)) {
+    if (!json_object_is_type (x, json_type_boolean))
+      return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be true or false", "exclusive");
+    exclusive = json_object_get_boolean (x);
+  }
+  /* Pausing guest I/O is for writable servers only (a read-only client must not stall NBD). */
+  if (exclusive && !rpc_can_write (ctx))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" pauses guest I/O: only on a "
+                 "writable server (rb-rpc --writable, rpc-writable=true)", "exclusive");
+  if (rb_check (ctx->img, &c, exclusive ? RB_CHECK_EXCLUSIVE : 0) == -1)
     return engine_error (err);
   r = json_object_new_object ();
-  json_object_object_add (r, "corruptions", j_u64 (c.corruptions));
-  json_object_object_add (r, "leaks", j_u64 (c.leaks));
-  json_object_object_add (r, "check_errors", j_u64 (c.check_errors));
-  json_object_object_add (r, "allocated_clusters", j_u64 (c.allocated_clusters));
-  json_object_object_add (r, "total_clusters", j_u64 (c.total_clusters));
-  json_object_object_add (r, "image_end_offset", j_u64 (c.image_end_offset));
-  return r;
+  add (err, r, "corruptions", j_u64 (c.corruptions));
+  add (err, r, "leaks", j_u64 (c.leaks));
+  add (err, r, "check_errors", j_u64 (c.check_errors));
+  add (err, r, "allocated_clusters", j_u64 (c.allocated_clusters));
+  add (err, r, "total_clusters", j_u64 (c.total_clusters));
+  add (err, r, "image_end_offset", j_u64 (c.image_end_offset));
+  return done (err, r);
 }
 
 static json_object *
@@ -538,30 +595,30 @@ method_stats (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   rb_get_stats (ctx->img, &s);
   r = json_object_new_object ();
   e = json_object_new_object ();
-  json_object_object_add (e, "reads", j_u64 (s.reads));
-  json_object_object_add (e, "read_bytes", j_u64 (s.read_bytes));
-  json_object_object_add (e, "writes", j_u64 (s.writes));
-  json_object_object_add (e, "write_bytes", j_u64 (s.write_bytes));
-  json_object_object_add (e, "zeros", j_u64 (s.zeros));
-  json_object_object_add (e, "zero_bytes", j_u64 (s.zero_bytes));
-  json_object_object_add (e, "trims", j_u64 (s.trims));
-  json_object_object_add (e, "trim_bytes", j_u64 (s.trim_bytes));
-  json_object_object_add (e, "flushes", j_u64 (s.flushes));
-  json_object_object_add (e, "extents_calls", j_u64 (s.extents_calls));
-  json_object_object_add (e, "clusters_allocated", j_u64 (s.clusters_allocated));
-  json_object_object_add (e, "cache_hits", j_u64 (s.cache_hits));
-  json_object_object_add (e, "cache_misses", j_u64 (s.cache_misses));
-  json_object_object_add (r, "engine", e);
+  add (err, e, "reads", j_u64 (s.reads));
+  add (err, e, "read_bytes", j_u64 (s.read_bytes));
+  add (err, e, "writes", j_u64 (s.writes));
+  add (err, e, "write_bytes", j_u64 (s.write_bytes));
+  add (err, e, "zeros", j_u64 (s.zeros));
+  add (err, e, "zero_bytes", j_u64 (s.zero_bytes));
+  add (err, e, "trims", j_u64 (s.trims));
+  add (err, e, "trim_bytes", j_u64 (s.trim_bytes));
+  add (err, e, "flushes", j_u64 (s.flushes));
+  add (err, e, "extents_calls", j_u64 (s.extents_calls));
+  add (err, e, "clusters_allocated", j_u64 (s.clusters_allocated));
+  add (err, e, "cache_hits", j_u64 (s.cache_hits));
+  add (err, e, "cache_misses", j_u64 (s.cache_misses));
+  add (err, r, "engine", e);
   rpc = json_object_new_object ();
-  pthread_mutex_lock (&ctx->lock);
-  json_object_object_add (rpc, "requests", j_u64 (ctx->requests));
-  json_object_object_add (rpc, "errors", j_u64 (ctx->errors));
-  json_object_object_add (rpc, "notifications", j_u64 (ctx->notifications));
-  json_object_object_add (rpc, "read_bytes", j_u64 (ctx->read_bytes));
-  json_object_object_add (rpc, "write_bytes", j_u64 (ctx->write_bytes));
-  pthread_mutex_unlock (&ctx->lock);
-  json_object_object_add (r, "rpc", rpc);
-  return r;
+  pthread_mutex_lock (&ctx->state->lock);
+  add (err, rpc, "requests", j_u64 (ctx->state->requests));
+  add (err, rpc, "errors", j_u64 (ctx->state->errors));
+  add (err, rpc, "notifications", j_u64 (ctx->state->notifications));
+  add (err, rpc, "read_bytes", j_u64 (ctx->state->read_bytes));
+  add (err, rpc, "write_bytes", j_u64 (ctx->state->write_bytes));
+  pthread_mutex_unlock (&ctx->state->lock);
+  add (err, r, "rpc", rpc);
+  return done (err, r);
 }
 
 static json_object *
@@ -576,14 +633,14 @@ method_list_methods (struct rpc_ctx *ctx, json_object *params, struct rpc_error 
   a = json_object_new_array ();
   for (m = rpc_methods; m->name; m++) {
     json_object *e = json_object_new_object ();
-    json_object_object_add (e, "name", json_object_new_string (m->name));
-    json_object_object_add (e, "params", json_object_new_string (m->params));
-    json_object_object_add (e, "writable_only", json_object_new_boolean (m->needs_writable));
-    json_object_object_add (e, "available", json_object_new_boolean (!m->needs_writable || rpc_can_write (ctx)));
-    json_object_object_add (e, "description", json_object_new_string (m->description));
-    json_object_array_add (a, e);
+    add (err, e, "name", json_object_new_string (m->name));
+    add (err, e, "params", json_object_new_string (m->params));
+    add (err, e, "writable_only", json_object_new_boolean (m->needs_writable));
+    add (err, e, "available", json_object_new_boolean (!m->needs_writable || rpc_can_write (ctx)));
+    add (err, e, "description", json_object_new_string (m->description));
+    push (err, a, e);
   }
-  return a;
+  return done (err, a);
 }
 
 static json_object *
@@ -614,13 +671,11 @@ method_write (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
     return engine_error (err);
   }
   free (buf);
-  pthread_mutex_lock (&ctx->lock);
-  ctx->write_bytes += n;
-  pthread_mutex_unlock (&ctx->lock);
+  rpc_count (ctx->state, &ctx->state->write_bytes, n);
   r = json_object_new_object ();
-  json_object_object_add (r, "offset", j_u64 (offset));
-  json_object_object_add (r, "length", j_u64 (n));
-  return r;
+  add (err, r, "offset", j_u64 (offset));
+  add (err, r, "length", j_u64 (n));
+  return done (err, r);
 }
 
 static json_object *
@@ -632,7 +687,7 @@ method_flush (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
     return NULL;
   if (rb_flush (ctx->img) == -1)
     return engine_error (err);
-  return json_object_new_boolean (1);
+  return done (err, json_object_new_boolean (1));
 }
 
 /* ---- persistent dirty bitmaps ---- */
@@ -653,32 +708,34 @@ method_bitmaps (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   for (i = 0; i < nr; i++) {
     json_object *o = json_object_new_object (), *fl = json_object_new_array ();
     if (v[i].flags & RB_BITMAP_IN_USE)
-      json_object_array_add (fl, json_object_new_string ("in-use"));
+      push (err, fl, json_object_new_string ("in-use"));
     if (v[i].flags & RB_BITMAP_AUTO)
-      json_object_array_add (fl, json_object_new_string ("auto"));
-    json_object_object_add (o, "name", json_object_new_string (v[i].name));
-    json_object_object_add (o, "granularity", j_u64 (v[i].granularity));
-    json_object_object_add (o, "flags", fl);
+      push (err, fl, json_object_new_string ("auto"));
+    add (err, o, "name", rpc_string (v[i].name));
+    add (err, o, "granularity", j_u64 (v[i].granularity));
+    add (err, o, "flags", fl);
     if (v[i].have_count)
-      json_object_object_add (o, "count", j_u64 (v[i].dirty_bytes));
-    json_object_object_add (o, "live", json_object_new_boolean (v[i].live));
+      add (err, o, "count", j_u64 (v[i].dirty_bytes));
+    add (err, o, "live", json_object_new_boolean (v[i].live));
     if (!v[i].supported)
-      json_object_object_add (o, "supported", json_object_new_boolean (false));
-    json_object_array_add (a, o);
+      add (err, o, "supported", json_object_new_boolean (false));
+    push (err, a, o);
   }
   free (v);
-  return a;
+  return done (err, a);
 }
 
 struct dirty_acc {
   json_object *a;
   unsigned n;
+  struct rpc_error *err;
 };
 
 static int
 dirty_extent (void *opaque, uint64_t offset, uint64_t length, bool dirty)
 {
   struct dirty_acc *acc = opaque;
+  struct rpc_error *err = acc->err;
   json_object *e;
 
   if (++acc->n > 100000) {
@@ -686,10 +743,10 @@ dirty_extent (void *opaque, uint64_t offset, uint64_t length, bool dirty)
     return -1;
   }
   e = json_object_new_object ();
-  json_object_object_add (e, "start", j_u64 (offset));
-  json_object_object_add (e, "length", j_u64 (length));
-  json_object_object_add (e, "dirty", json_object_new_boolean (dirty));
-  json_object_array_add (acc->a, e);
+  add (err, e, "start", j_u64 (offset));
+  add (err, e, "length", j_u64 (length));
+  add (err, e, "dirty", json_object_new_boolean (dirty));
+  push (err, acc->a, e);
   return 0;
 }
 
@@ -701,7 +758,7 @@ method_bitmap_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *e
 {
   static const char *const names[] = { "name", "offset", "length", NULL };
   uint64_t offset, length;
-  struct dirty_acc acc = { .n = 0 };
+  struct dirty_acc acc = { .n = 0, .err = err };
   json_object *v;
 
   if (only_params (params, names, err) == -1)
@@ -720,7 +777,25 @@ method_bitmap_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *e
       return fail (err, RPC_INVALID_PARAMS, "Invalid params: the range has too many extents; ask for a shorter %s", "length");
     return engine_error (err);
   }
-  return acc.a;
+  return done (err, acc.a);
+}
+
+/* Authenticate the connection: later requests need no token member. */
+static json_object *
+method_auth (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "token", NULL };
+  json_object *t;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  if (!params || !json_object_object_get_ex (params, "token", &t) || !json_object_is_type (t, json_type_string))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be a string", "token");
+  if (ctx->state->token &&
+      !rpc_token_matches (ctx->state, json_object_get_string (t), json_object_get_string_len (t)))
+    return fail (err, RPC_UNAUTHORIZED, "%s", "Unauthorized: wrong token");
+  ctx->session->authenticated = true;
+  return done (err, json_object_new_boolean (1));
 }
 
 const struct rpc_method rpc_methods[] = {
@@ -733,7 +808,8 @@ const struct rpc_method rpc_methods[] = {
   { "lookup", method_lookup, false, "offset",
     "how a guest offset maps: L1/L2 indexes, host offset, type, refcount" },
   { "map", method_map, false, "[offset], [length]", "data/zero extents, as qemu-img map" },
-  { "check", method_check, false, "", "corruptions and leaks, as qemu-img check" },
+  { "check", method_check, false, "[exclusive]",
+    "corruptions and leaks, as qemu-img check (beside guest I/O; exclusive pauses it)" },
   { "stats", method_stats, false, "", "requests and bytes by kind (NBD traffic included)" },
   { "list_methods", method_list_methods, false, "", "this list" },
   { "bitmaps", method_bitmaps, false, "", "persistent dirty bitmaps: name, granularity, flags, count" },
@@ -741,5 +817,12 @@ const struct rpc_method rpc_methods[] = {
     "dirty/clean runs of a bitmap (live while served)" },
   { "write", method_write, true, "offset, data (base64), [fua]", "write guest bytes (writable only)" },
   { "flush", method_flush, true, "", "make every write durable (writable only)" },
+  { "auth", method_auth, false, "token", "authenticate the connection (servers with a token file)" },
   { NULL, NULL, false, NULL, NULL },
 };
+
+bool
+rpc_method_no_image (const struct rpc_method *m)
+{
+  return m->fn == method_get_version || m->fn == method_auth;
+}

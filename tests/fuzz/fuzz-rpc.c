@@ -1,5 +1,5 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
- * libFuzzer target: the JSON-RPC framer and dispatcher on fuzzed byte streams over a small image.
+ * libFuzzer target: the JSON-RPC framer and dispatcher (a session) on fuzzed byte streams over a small image.
  */
 #include <config.h>
 
@@ -13,7 +13,7 @@
 
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
 
-static struct rpc_ctx ctx;
+static struct rpc_state st, st_token;
 
 /* A small image with data, zeros and a hole, made once. */
 static void
@@ -33,51 +33,84 @@ setup (void)
   if (fd == -1)
     abort ();
   close (fd);
-  if (rb_create (path, &o, true) == -1 || !(ctx.img = rb_open (path, &ro)))
+  if (rb_create (path, &o, true) == -1 || !(st.img = rb_open (path, &ro)))
     abort ();
   memset (buf, 0x5a, sizeof buf);
-  rb_pwrite (ctx.img, buf, sizeof buf, 8192, 0);
-  rb_zero (ctx.img, 65536, 1 << 20, 0);
+  rb_pwrite (st.img, buf, sizeof buf, 8192, 0);
+  rb_zero (st.img, 65536, 1 << 20, 0);
   unlink (path);
-  ctx.writable = true;
-  pthread_mutex_init (&ctx.lock, NULL);
+  st.writable = true;
+  pthread_mutex_init (&st.lock, NULL);
+  st_token = st;
+  pthread_mutex_init (&st_token.lock, NULL);
+  st_token.token = (char *) "s3cret";
+  st_token.token_len = 6;
+}
+
+/* Every complete reply line is one JSON text in valid UTF-8 (json-c checks,
+ * strictly); they are taken as a client would.  At the end nothing is left
+ * half-queued.
+ */
+static void
+check_replies (struct rpc_session *s, bool end)
+{
+  size_t off = s->out_off;
+
+  while (off < s->out_len) {
+    const char *line = s->out + off;
+    const char *nl = memchr (line, '\n', s->out_len - off);
+    json_tokener *t;
+    json_object *o;
+    size_t n;
+
+    if (!nl) {
+      if (end)
+        abort ();               /* a batch left open */
+      break;
+    }
+    n = nl - line;
+    t = json_tokener_new_ex (64);
+    json_tokener_set_flags (t, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    o = json_tokener_parse_ex (t, line, n);
+    if (!o && json_tokener_get_error (t) == json_tokener_continue)
+      o = json_tokener_parse_ex (t, "", 1);
+    if (!o || (!json_object_is_type (o, json_type_object) && !json_object_is_type (o, json_type_array)))
+      abort ();
+    json_object_put (o);
+    json_tokener_free (t);
+    off += n + 1;
+  }
+  rpc_session_sent (s, off - s->out_off);
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  json_tokener *tok = json_tokener_new_ex (RPC_MAX_DEPTH);
-  size_t off = 0;
+  struct rpc_session s;
+  size_t off = 1, chunk;
+  bool request;
 
   setup ();
-  /* The same framing as the server: texts one after another, a parse
-   * error skips to the next line.
+  if (size < 1)
+    return 0;
+  /* The first byte: with or without a token, and the size of the pieces
+   * the stream arrives in (as reads from a socket would cut it).
    */
+  if (rpc_session_init (&s, data[0] & 1 ? &st_token : &st) == -1)
+    abort ();
+  chunk = 1 + (data[0] >> 1) * 97;
   while (off < size) {
-    json_object *text = json_tokener_parse_ex (tok, (const char *) data + off, size - off);
-    enum json_tokener_error e = json_tokener_get_error (tok);
-    if (e == json_tokener_continue)
-      break;
-    if (e != json_tokener_success) {
-      json_tokener_reset (tok);
-      while (off < size && data[off] != '\n')
-        off++;
-      off++;
-      continue;
-    }
-    off += json_tokener_get_parse_end (tok);
-    json_tokener_reset (tok);
-    {
-      json_object *reply = rpc_handle (&ctx, text);
-      if (reply) {
-        const char *s = json_object_to_json_string (reply);
-        if (!s || !*s)
-          abort ();
-        json_object_put (reply);
-      }
-    }
-    json_object_put (text);
+    size_t n = size - off < chunk ? size - off : chunk;
+    if (rpc_session_feed (&s, (const char *) data + off, n) == -1)
+      abort ();
+    off += n;
+    while (rpc_session_step (&s, &request) == 1)
+      check_replies (&s, false);
   }
-  json_tokener_free (tok);
+  rpc_session_eof (&s);
+  while (rpc_session_step (&s, &request) == 1)
+    check_replies (&s, false);
+  check_replies (&s, true);
+  rpc_session_free (&s);
   return 0;
 }

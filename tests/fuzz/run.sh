@@ -50,8 +50,8 @@ rc=0
 for t in "${targets[@]}"; do
   echo "== $t: build"
   extra=""
-  [ "$t" = fuzz-rpc ] && extra="-I$src/rpc $src/rpc/jsonrpc.c $src/rpc/methods.c $(pkg-config --cflags --libs json-c)"
-  [ "$t" = fuzz-plugin ] && extra="-I$src/rpc $src/rpc/server.c $src/rpc/jsonrpc.c $src/rpc/methods.c $(pkg-config --cflags --libs json-c)"
+  [ "$t" = fuzz-rpc ] && extra="-I$src/rpc $src/rpc/session.c $src/rpc/jsonrpc.c $src/rpc/methods.c $(pkg-config --cflags --libs json-c)"
+  [ "$t" = fuzz-plugin ] && extra="-I$src/rpc $src/rpc/server.c $src/rpc/session.c $src/rpc/jsonrpc.c $src/rpc/methods.c $(pkg-config --cflags --libs json-c)"
   # shellcheck disable=SC2086
   clang $flags -o "$out/$t" "$src/tests/fuzz/$t.c" $libsrc $extra -lz -lzstd -lpthread
   corpus="$out/corpus-$t"
@@ -62,6 +62,10 @@ for t in "${targets[@]}"; do
     printf '%s\n' '{"jsonrpc":"2.0","method":"read","params":{"offset":8192,"length":100},"id":1}' > "$corpus/s1"
     printf '%s' '[{"method":"lookup","params":{"offset":9000},"id":"a"},{"jsonrpc":"2.0","method":"map"}]' > "$corpus/s2"
     printf '%s' '{"jsonrpc":"2.0","method":"write","params":{"offset":0,"data":"SGVsbG8="},"id":null}{"method":"info","id":2}' > "$corpus/s3"
+    # The first byte picks the token mode (bit 0) and the read size (see fuzz-rpc.c).
+    printf '\x00%s' '[{"method":"auth","params":{"token":"s3cret"},"id":1},{"method":"check","id":2}]' > "$corpus/s4"
+    printf '\x21%s\n%s' '{"method":"read","params":{"offset":0,"length":8},"token":"s3cret","id":"\u00e9"}' \
+      '{"method":"a\xff\xfe","id":3}{"method":"stats","export":"x","id":4}' > "$corpus/s5"
   fi
   regress="$src/tests/fuzz/regress/$t"
   mapfile -t inputs < <(find "$regress" -type f ! -name '.*' 2>/dev/null | sort)
