@@ -31,6 +31,8 @@ static bool readonly_param;         /* readonly=true */
 static char *snapshot;              /* snapshot= */
 static char *rpc_listen;            /* rpc= */
 static bool rpc_writable;           /* rpc-writable=true */
+static bool rpc_listen_any;         /* rpc-listen-any=true */
+static char *rpc_token_file;        /* rpc-token-file= */
 
 /* nbdkit 1.32 refuses reads and writes over 64 MiB (MAX_REQUEST_SIZE in its
  * server/internal.h) with ENOMEM: the maximum block size we advertise.
@@ -54,6 +56,7 @@ rblock_unload (void)
   free (directory);
   free (snapshot);
   free (rpc_listen);
+  free (rpc_token_file);
 }
 
 static int
@@ -132,6 +135,17 @@ rblock_config (const char *key, const char *value)
       return -1;
     rpc_writable = r;
   }
+  else if (strcmp (key, "rpc-listen-any") == 0) {
+    if ((r = nbdkit_parse_bool (value)) == -1)
+      return -1;
+    rpc_listen_any = r;
+  }
+  else if (strcmp (key, "rpc-token-file") == 0) {
+    free (rpc_token_file);
+    rpc_token_file = nbdkit_absolute_path (value);
+    if (!rpc_token_file)
+      return -1;
+  }
   else {
     nbdkit_error ("unknown parameter '%s' (see nbdkit rblock --help)", key);
     return -1;
@@ -170,8 +184,10 @@ rblock_config_complete (void)
   "detect-zeroes=off|on|unmap     All-zero writes become zero requests (unmap: may free).\n" \
   "readonly=true                  Open the image read-only (as nbdkit -r).\n" \
   "snapshot=<ID|NAME>             Serve an internal snapshot, read-only.\n" \
-  "rpc=tcp:HOST:PORT|unix:PATH    Also serve JSON-RPC 2.0 on this socket.\n" \
-  "rpc-writable=true              Allow JSON-RPC write and flush."
+  "rpc=unix:PATH|tcp:HOST:PORT    Also serve JSON-RPC 2.0 on this socket (unix: mode 0600).\n" \
+  "rpc-writable=true              Allow JSON-RPC write and flush.\n" \
+  "rpc-listen-any=true            Allow rpc=tcp: on an address that is not loopback.\n" \
+  "rpc-token-file=<FILENAME>      Every JSON-RPC request must carry this secret."
 
 /* The engine's warnings (e.g. a bitmap it cannot keep, marked in use):
  * nbdkit 1.32 has no warning call, and nbdkit_debug is silent without -v.
@@ -240,10 +256,11 @@ rblock_get_ready (void)
   if (rpc_listen) {
     /* RPC writes are served only while the image is writable. */
     struct rpc_config cfg = { .listen = rpc_listen,
-                              .writable = rpc_writable && !readonly_param };
+                              .writable = rpc_writable && !readonly_param,
+                              .listen_any = rpc_listen_any, .token_file = rpc_token_file };
     rpc = rpc_server_new (e->img, &cfg);
     if (!rpc) {
-      nbdkit_error ("rpc=%s: %s", rpc_listen, rb_errmsg ());
+      nbdkit_error ("rpc: %s", rb_errmsg ());   /* the message names the address or file */
       return -1;
     }
   }

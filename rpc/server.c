@@ -80,11 +80,20 @@ listen_unix (struct rpc_server *s, const char *spec, const char *path)
   if (lstat (path, &sb) == 0) {
     if (!S_ISSOCK (sb.st_mode))
       return rb_error (EEXIST, "%s: %s exists and is not a socket: not replacing it", spec, path);
-    fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd == -1)
-      return rb_error (errno, "socket: %s", strerrordesc_np (errno));
-    e = connect (fd, (struct sockaddr *) &sun, sizeof sun) == 0 ? 0 : errno;
-    close (fd);
+    int tries;
+    /* Refused three times 50 ms apart: not a server between bind and listen. */
+    for (tries = 0; tries < 3; tries++) {
+      const struct timespec pause = { 0, 50 * 1000 * 1000 };
+      if (tries)
+        nanosleep (&pause, NULL);
+      fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      if (fd == -1)
+        return rb_error (errno, "socket: %s", strerrordesc_np (errno));
+      e = connect (fd, (struct sockaddr *) &sun, sizeof sun) == 0 ? 0 : errno;
+      close (fd);
+      if (e != ECONNREFUSED)
+        break;
+    }
     if (e == 0 || e == EAGAIN)
       return rb_error (EADDRINUSE, "%s: a server is already listening on %s", spec, path);
     if (e != ECONNREFUSED)
@@ -329,10 +338,11 @@ memory_used (struct rpc_server *s)
   return total;
 }
 
-/* Over the memory bound: the longest idle connections holding memory give
- * way to the one about to work (the caller marks them dead).
+/* Over the memory bound, the longest idle connections holding memory give
+ * way to connection i, about to work (they are marked dead).  Returns
+ * whether the memory used is within the bound now.
  */
-static void
+static bool
 make_room (struct rpc_server *s, size_t i, double now)
 {
   size_t used = memory_used (s);
@@ -340,12 +350,13 @@ make_room (struct rpc_server *s, size_t i, double now)
   while (used > s->max_memory) {
     ssize_t v = longest_idle (s, i, now, true);
     if (v == -1)
-      return;
+      return false;
     notify (&s->conns[v], RPC_LIMIT_ERROR, "connection closed: the server's memory for "
             "waiting replies and requests is used up, and this connection was the longest idle");
     s->conns[v].dead = true;
     used -= rpc_session_memory (&s->conns[v].s);
   }
+  return true;
 }
 
 static void
@@ -424,8 +435,11 @@ serve_conn (struct rpc_server *s, size_t i, short ev, double now)
     else if (k == -1 && errno != EAGAIN && errno != EINTR)
       c->dead = true;
   }
-  if (!c->dead && rpc_session_has_work (&c->s)) {
-    make_room (s, i, now);
+  /* Over the memory bound, a connection with replies waiting waits too
+   * (after the longest idle ones gave way).
+   */
+  if (!c->dead && rpc_session_has_work (&c->s) &&
+      (make_room (s, i, now) || rpc_session_unsent (&c->s) == 0)) {
     rpc_session_step (&c->s, &request);
     if (request)
       c->active = now;

@@ -4,8 +4,7 @@
 # independently (qemu-img, the image file itself), the spec's error codes for bad input, limits.
 
 load helpers
-
-RB_RPC="$top_builddir/rpc/rb-rpc"
+load rpc-helpers
 
 setup () {
   T="$BATS_TEST_TMPDIR"
@@ -17,21 +16,9 @@ setup () {
 
 teardown () {
   [ -n "${RPID:-}" ] && kill "$RPID" 2>/dev/null && wait "$RPID" 2>/dev/null
+  [ -n "${RPID2:-}" ] && kill "$RPID2" 2>/dev/null && wait "$RPID2" 2>/dev/null
   stop_rblock
   true
-}
-
-start_rpc () {   # [options]
-  "$RB_RPC" -l "unix:$RSOCK" "$@" "$IMG" 2>"$T/rpc.err" &
-  RPID=$!
-  wait_until "$RB_WAIT" "rb-rpc's socket" eval '[ -S "$RSOCK" ] || process_gone "$RPID"' &&
-    [ -S "$RSOCK" ] && return 0
-  cat "$T/rpc.err"; return 1
-}
-
-# rpc TEXT: send TEXT on a new connection, print every reply line.
-rpc () {
-  printf '%s' "$1" | timeout 10 nc -N -U "$RSOCK"
 }
 
 @test "rpc: get_version, with and without the jsonrpc member (the seed's request)" {
@@ -84,7 +71,8 @@ rpc () {
   [ "$(echo "$info" | jq -r .compat)" = "$(echo "$q" | jq -r '."format-specific".data.compat')" ]
   echo "$info" | jq -e '.header_extensions[] | select(.name == "feature name table")' >/dev/null
   out=$(rpc '{"jsonrpc":"2.0","method":"check","id":1}' | jq -c .result)
-  [ "$(echo "$out" | jq .corruptions)" = 0 ] && [ "$(echo "$out" | jq .leaks)" = 0 ]
+  [ "$(echo "$out" | jq .corruptions)" = 0 ]
+  [ "$(echo "$out" | jq .leaks)" = 0 ]
   [ "$(echo "$out" | jq .allocated_clusters)" = "$(qemu-img check -U --output=json "$IMG" | jq '."allocated-clusters"')" ]
   [ "$(rpc '{"jsonrpc":"2.0","method":"list_methods","id":1}' | jq '[.result[].name] | length')" -ge 11 ]
 }
@@ -135,7 +123,7 @@ bad () {
     { echo "input: $1"; echo "reply: $out"; return 1; }
 }
 
-@test "rpc: 29 bad inputs get the spec's exact error codes, and the server keeps serving" {
+@test "rpc: 31 bad inputs get the spec's exact error codes, and the server keeps serving" {
   start_rpc
   bad '{bad json' -32700
   bad '"just a string"' -32600
@@ -163,8 +151,10 @@ bad () {
   bad '{"jsonrpc":"2.0","method":"lookup","params":{"offset":16777216},"id":1}' -32602
   bad '{"jsonrpc":"2.0","method":"map","params":{"offset":0,"length":16777217},"id":1}' -32602
   bad '{"jsonrpc":"2.0","method":"flush","id":1}' -32000
-  # Deep nesting.
+  # Deep nesting; more objects or members than json-c should hold for one request.
   bad "$(printf '%.0s[' $(seq 40))" -32700
+  bad "[$(printf '{},%.0s' $(seq 5000)){}]" -32600
+  bad "{\"method\":\"get_version\",\"id\":1,\"pad\":[$(printf '1,%.0s' $(seq 20000))1]}" -32600
   # Duplicate keys: the last one wins (documented): this is a valid read of 1 byte.
   [ "$(rpc '{"jsonrpc":"2.0","method":"read","params":{"offset":0,"length":99999999,"length":1},"id":1}' | jq .result.length)" = 1 ]
   # Half a request, then close; then the server still answers.
@@ -181,38 +171,81 @@ bad () {
   [ "$(rpc '{"jsonrpc":"2.0","method":"get_version","id":2}' | jq .id)" = 2 ]
 }
 
-@test "rpc: connections over --max-connections are told so; idle ones are closed after --idle-timeout" {
-  local i t0 pids=()
-  # No idle timeout to race with (a busy machine is slow): three silent connections fill the
-  # server, then a fourth is refused.
-  start_rpc --max-connections 3 --idle-timeout 600
-  for i in 1 2 3; do nc -d -U "$RSOCK" >/dev/null & pids+=($!); done
-  wait_until "$RB_WAIT" "a fourth connection to be refused" \
-    eval 'out=$(rpc '"'"'{"jsonrpc":"2.0","method":"get_version","id":1}'"'"'); [[ "$out" == *"too many connections"* ]]'
-  kill "${pids[@]}" 2>/dev/null || true
-  kill "$RPID"; wait "$RPID" 2>/dev/null || true; RPID=
-  # Idle connections are closed by the server (nc -d ends when the server closes), not before
-  # --idle-timeout has passed; then a new connection is served.
-  rm -f "$RSOCK"
+@test "rpc: connections silent for --idle-timeout are closed; then a new connection is served" {
   start_rpc --max-connections 3 --idle-timeout 2
-  t0=$EPOCHREALTIME pids=()
-  for i in 1 2 3; do nc -d -U "$RSOCK" >/dev/null & pids+=($!); done
-  wait_until "$RB_WAIT" "the server to close its idle connections" \
-    eval 'process_gone ${pids[0]} && process_gone ${pids[1]} && process_gone ${pids[2]}'
+  pids=()
+  t0=$EPOCHREALTIME
+  for i in 1 2 3; do
+    "${RPC_CLIENT[@]}" silent "unix:$RSOCK" >"$T/silent.$i" & pids+=($!)
+  done
+  for i in 1 2 3; do wait_for_line "$T/silent.$i" closed; done
+  # Closed by the server, and not before --idle-timeout had passed.
   awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { exit !(b - a >= 2) }'
-  out=$(rpc '{"jsonrpc":"2.0","method":"get_version","id":2}')
-  [ "$(echo "$out" | jq .id)" = 2 ]
+  [ "$(rpc '{"jsonrpc":"2.0","method":"get_version","id":2}' | jq .id)" = 2 ]
+  kill "${pids[@]}" 2>/dev/null || true
+}
+
+@test "rpc: replies are valid UTF-8 JSON: invalid UTF-8 is a parse error, a long non-ASCII method name is not cut inside a character" {
+  start_rpc
+  long="a$(printf '\xc3\xa9%.0s' $(seq 150))"
+  printf '{"jsonrpc":"2.0","method":"get\xff\xfeversion","id":1}\n{"method":"%s","id":2}\n{"method":"get_version","id":"\xc3\xa9t\xc3\xa9"}\n' "$long" |
+    "${RPC_CLIENT[@]}" send "unix:$RSOCK" >"$T/out.bin"
+  "${RPC_CLIENT[@]}" check-utf8 <"$T/out.bin" >"$T/out.json"
+  cat "$T/out.json"
+  [ "$(jq -s length "$T/out.json")" = 3 ]
+  [ "$(jq -s '.[0].error.code' "$T/out.json")" = -32700 ]
+  [[ "$(jq -s -r '.[0].error.message' "$T/out.json")" == *"utf-8"* ]]
+  [ "$(jq -s '.[1].error.code' "$T/out.json")" = -32601 ]
+  [[ "$(jq -s -r '.[1].error.message' "$T/out.json")" == "Method not found: a"$'\xc3\xa9'* ]]
+  [ "$(jq -s -r '.[2].id' "$T/out.json")" = $'\xc3\xa9t\xc3\xa9' ]
+}
+
+@test "rpc: names from the image that are not UTF-8 (snapshot, backing file) come back as valid UTF-8 JSON" {
+  qemu-img create -q -f qcow2 "$T/b"$'\xff'".qcow2" 16M
+  qemu-img create -q -f qcow2 -b "b"$'\xff'".qcow2" -F qcow2 "$IMG"
+  qemu-img snapshot -c "snap"$'\xfe' "$IMG"
+  start_rpc
+  printf '{"method":"info","id":1}' | "${RPC_CLIENT[@]}" send "unix:$RSOCK" >"$T/out.bin"
+  "${RPC_CLIENT[@]}" check-utf8 <"$T/out.bin" >"$T/out.json"
+  [ "$(jq -r .result.backing_file "$T/out.json")" = "b"$'\xef\xbf\xbd'".qcow2" ]
+  [ "$(jq -r '.result.snapshots[0].name' "$T/out.json")" = "snap"$'\xef\xbf\xbd' ]
+}
+
+@test "rpc: the Unix listener replaces only a stale socket: a file or a live server at the path is refused" {
+  echo "precious" >"$T/file.sock"
+  run timeout 20 "$RB_RPC" -l "unix:$T/file.sock" "$IMG"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "rb-rpc: "*"file.sock exists and is not a socket"* ]]
+  [ "$(cat "$T/file.sock")" = precious ]
+  start_rpc
+  run timeout 20 "$RB_RPC" -l "unix:$RSOCK" "$IMG"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == *"a server is already listening on $RSOCK"* ]]
+  [ "$(rpc '{"method":"get_version","id":1}' | jq .id)" = 1 ]
+  # A socket whose server died (kill -9 leaves it) is stale: replaced.
+  kill -9 "$RPID"; wait "$RPID" || true; RPID=
+  [ -S "$RSOCK" ]
+  start_rpc
+  [ "$(rpc '{"method":"get_version","id":3}' | jq .id)" = 3 ]
+  # A clean stop removes the socket it made.
+  stop_rpc
+  [ ! -e "$RSOCK" ]
 }
 
 @test "rpc: bad command lines and addresses are one-line errors" {
   run "$RB_RPC" -l tcp:nohost "$IMG"
-  [ "$status" -eq 2 ] && [[ "$output" == "rb-rpc: "*"tcp:nohost"* ]]
+  [ "$status" -eq 2 ]
+  [[ "$output" == "rb-rpc: "*"tcp:nohost"* ]]
   run "$RB_RPC" -l ftp:x "$IMG"
   [ "$status" -eq 2 ]
   run "$RB_RPC" "$T/nosuch.qcow2"
-  [ "$status" -eq 2 ] && [[ "$output" == *"nosuch.qcow2"* ]]
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"nosuch.qcow2"* ]]
   run "$RB_RPC" --help
-  [ "$status" -eq 0 ] && [[ "$output" == *"read_guest_cluster"* ]]
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"read_guest_cluster"* ]]
 }
 
 @test "rpc: the seed's exact command over TCP on loopback (echo -n ... | nc localhost PORT | jq)" {
@@ -228,4 +261,14 @@ bad () {
   out=$(echo -n '{"jsonrpc":"2.0","method":"read_guest_cluster","params":{"cluster":2},"id":1}' | nc -N localhost "$port" | jq -r .result.data | base64 -d | md5sum)
   [ "$out" = "$(head -c 65536 /dev/zero | tr '\0' 'A' | md5sum)" ]   # guest cluster 2 holds 0x41
   [ "$(echo '{"method":"get_version","id":42}' | nc -N localhost "$port" | jq .id)" = 42 ]
+}
+
+@test "rpc: stats and check asked while 4 threads write and read: counters only grow and add up, checks beside the writes are clean" {
+  qemu-img create -q -f qcow2 -o cluster_size=4096 "$T/s.qcow2" 256M
+  run "$top_builddir/tests/rpc-stats" "$T/s.qcow2" 4 3000
+  echo "$output"
+  [ "$status" -eq 0 ]
+  echo "# $output" >&3
+  [[ "$output" == *" reads=12000 writes=12000 "* ]]
+  qemu_check_clean "$T/s.qcow2"
 }
