@@ -13,8 +13,9 @@
 
 /* The walk.  A plain check runs in steps (sliced): meta_lock is dropped
  * between two L2 tables and every few thousand refcounts, and L2 tables not
- * in the cache are read with the lock dropped, so guest I/O (which needs
- * meta_lock to map) waits for one step at most, never for the whole check.
+ * in the cache are read with it dropped (io_lock shared instead, as a guest
+ * read), so guest I/O (which needs meta_lock to map) waits for one step at
+ * most, never for the whole check.
  * Every metadata change bumps img->meta_gen under meta_lock; a step that
  * finds it changed restarts the walk, so a result is always that of one
  * unchanged image (as an exclusive check would give).  Repairs keep the
@@ -78,8 +79,13 @@ read_l2 (struct counts *k, uint64_t l2, uint8_t *t)
   }
   if (!k->sliced)
     return full_pread (img->fd, t, img->cluster_size, l2, IO_META_READ);
+  /* io_lock shared, as a guest read: the descriptor stays (rb_make_writable
+   * swaps it under io_lock exclusive).
+   */
   pthread_mutex_unlock (&img->meta_lock);
+  pthread_rwlock_rdlock (&img->io_lock);
   r = full_pread (img->fd, t, img->cluster_size, l2, IO_META_READ);
+  pthread_rwlock_unlock (&img->io_lock);
   pthread_mutex_lock (&img->meta_lock);
   if (changed (k))
     return 1;

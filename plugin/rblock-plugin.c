@@ -142,7 +142,7 @@ rblock_config (const char *key, const char *value)
   }
   else if (strcmp (key, "rpc-token-file") == 0) {
     free (rpc_token_file);
-    rpc_token_file = nbdkit_absolute_path (value);
+    rpc_token_file = nbdkit_realpath (value);
     if (!rpc_token_file)
       return -1;
   }

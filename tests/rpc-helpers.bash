@@ -44,6 +44,14 @@ rpc () {
   printf '%s' "$1" | timeout 30 nc -N -U "${2:-$RSOCK}"
 }
 
+# rss_as_released: in a sanitized build, freed memory is really released (ASan's
+# quarantine would hold up to 256 MiB of it), so VmRSS measures rb-rpc's own use.
+rss_as_released () {
+  if ldd "$RB_RPC" | grep -q libasan; then
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=1"
+  fi
+}
+
 # vmrss PID: resident memory in KiB.
 vmrss () {
   awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"

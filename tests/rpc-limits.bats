@@ -36,6 +36,7 @@ flood () {
 }
 
 @test "limits: clients pipelining 4 MiB reads they never read: rb-rpc stops reading them, its memory stays bounded, others are served" {
+  rss_as_released
   start_rpc
   rss0=$(vmrss "$RPID")
   flood 100
@@ -53,6 +54,7 @@ flood () {
 }
 
 @test "limits: over --max-memory the longest idle flooding connections are closed and the rest is served" {
+  rss_as_released
   start_rpc --max-memory 8M
   for i in 1 2 3 4; do flood 50; done
   # Past the 1 s grace of the flooders (a rule, not a race), a new request makes

@@ -64,6 +64,9 @@ teardown () {
   LD_PRELOAD="$top_builddir/tests/.libs/rpcshim.so" RPCSHIM_PAUSE_AT=$last_l2 RPCSHIM_DIR="$T" \
     start_rblock "$IMG" rpc="unix:$RSOCK" rpc-writable=true
   wait_for_socket "$RSOCK"
+  # A client that may write has been here (the plugin has write access now): an
+  # overwrite in place, nothing allocated.
+  nbdsh -u "$URI" -c 'h.pwrite(b"\x61" * 512, 0)'
   touch "$T/arm"
   rpc '{"method":"check","id":1}' >"$T/check.out" &
   CLIENTS+=($!)
@@ -99,7 +102,9 @@ assert h.pread(65536, 1000 << 20) == b"\x65" * 65536'
   stop_rblock
   start_rblock "$IMG" rpc="unix:$RSOCK" rpc-writable=true
   wait_for_socket "$RSOCK"
-  [ "$(rpc '{"method":"check","params":{"exclusive":true},"id":3}' | jq .result.allocated_clusters)" = 1 ]
+  # Writable once an NBD client that may write has connected.
+  nbdsh -u "$URI" -c 'h.pwrite(b"\x62" * 65536, 65536)'
+  [ "$(rpc '{"method":"check","params":{"exclusive":true},"id":3}' | jq .result.allocated_clusters)" = 2 ]
 }
 
 @test "plugin + JSON-RPC: stats asked while an NBD client writes and reads count every request exactly" {
