@@ -29,20 +29,25 @@ struct counts {
   bool sliced;
   uint64_t gen;             /* img->meta_gen when the walk started */
   const uint64_t *l1, *reftable;
+  const struct snapshot *snapshots;
   uint32_t l1_size, nb_snapshots;
 };
 
 #define CHECK_ATTEMPTS 8              /* walks restarted by concurrent changes */
 #define CHECK_STEP_CLUSTERS 4096      /* refcounts compared per step */
 
-/* Whether the metadata changed since the walk started (then it restarts). */
+/* Whether the metadata changed since the walk started (then it restarts):
+ * meta_gen, or the tables themselves (a snapshot or resize transaction,
+ * txn.c, switches to a new L1 table and snapshot list at once).
+ */
 static bool
 changed (struct counts *k)
 {
   struct rb_image *img = k->img;
 
   return img->meta_gen != k->gen || img->l1 != k->l1 || img->l1_size != k->l1_size ||
-    img->reftable != k->reftable || img->nb_snapshots != k->nb_snapshots;
+    img->reftable != k->reftable || img->nb_snapshots != k->nb_snapshots ||
+    img->snapshots != k->snapshots;
 }
 
 /* End a step of a sliced walk: let waiting I/O take meta_lock, take it back.
@@ -252,6 +257,7 @@ check_pass (struct counts *k, unsigned flags)
   k->l1_size = img->l1_size;
   k->reftable = img->reftable;
   k->nb_snapshots = img->nb_snapshots;
+  k->snapshots = img->snapshots;
   k->nb_clusters = DIV_ROUND_UP (img->file_size, img->cluster_size);
   free (k->ref);
   ref = k->ref = calloc (MAX (k->nb_clusters, 1), sizeof *ref);
