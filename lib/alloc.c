@@ -19,10 +19,13 @@ find_free_run (struct rb_image *img, uint64_t min, uint64_t max, uint64_t *start
 {
   uint64_t c = MAX (img->free_hint, 1), run = 0, rc;
   uint64_t end_cluster = DIV_ROUND_UP (img->file_size, img->cluster_size);
+  bool seen_free = false;
 
   for (;;) {
     if (c >= end_cluster && (c >> img->refblock_bits) >= img->reftable_entries) {
       /* Past the file and past every block: all free from here. */
+      if (!seen_free)
+        img->free_hint = c - run;
       *start = c - run;
       *nr = max;
       return 0;
@@ -30,6 +33,13 @@ find_free_run (struct rb_image *img, uint64_t min, uint64_t max, uint64_t *start
     if (refcount_get (img, c, &rc) == -1)
       return -1;
     if (rc == 0) {
+      /* Every cluster between the hint and the first free one is in use:
+       * the next search may start there.
+       */
+      if (!seen_free) {
+        img->free_hint = c;
+        seen_free = true;
+      }
       if (++run == max)
         break;
     }
@@ -74,11 +84,7 @@ ensure_blocks (struct rb_image *img, uint64_t start, uint64_t nr, bool *created)
     return refcount_grow_table (img, at >> img->refblock_bits);
   if (img->reftable[at >> img->refblock_bits] == 0)
     r = at >> img->refblock_bits;
-  if (refblock_create (img, r, at) == -1)
-    return -1;
-  if (img->free_hint == at)
-    img->free_hint = at + 1;
-  return 0;
+  return refblock_create (img, r, at);
 }
 
 /* Allocate a run of between min and max contiguous clusters, each with
