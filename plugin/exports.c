@@ -39,7 +39,7 @@ export_free (struct export *e)
 }
 
 /* A new export for path, opened read-only (raw: also RB_OPEN_RAW).
- * NULL with nbdkit_error.
+ * NULL with the error recorded (rb_errmsg).
  */
 static struct export *
 export_new (const char *name, const char *path, bool raw, const struct rb_open_opts *o)
@@ -48,7 +48,7 @@ export_new (const char *name, const char *path, bool raw, const struct rb_open_o
   struct export *e = calloc (1, sizeof *e);
 
   if (!e || !(e->name = strdup (name)) || !(e->path = strdup (path))) {
-    nbdkit_error ("out of memory");
+    rb_error (ENOMEM, "out of memory");
     export_free (e);
     return NULL;
   }
@@ -56,7 +56,6 @@ export_new (const char *name, const char *path, bool raw, const struct rb_open_o
   e->raw = raw;
   e->img = rb_open (path, &opts);
   if (!e->img) {
-    nbdkit_error ("%s", rb_errmsg ());
     export_free (e);
     return NULL;
   }
@@ -67,6 +66,8 @@ struct export *
 export_open_file (const char *path, const struct rb_open_opts *o)
 {
   file_export = export_new ("", path, false, o);
+  if (!file_export)
+    nbdkit_error ("%s", rb_errmsg ());
   return file_export;
 }
 
@@ -76,19 +77,16 @@ export_file (void)
   return file_export;
 }
 
-/* May name be an image of dir?  A plain file name, no path.  0 / -1. */
+/* May name be an image of dir?  A plain file name, no path.  0 / -1 (rb_error). */
 static int
 check_name (const char *dir, const char *name)
 {
-  if (name[0] == '\0') {
-    nbdkit_error ("dir=%s: the default export \"\" is not served: name an image "
-                  "(nbdinfo --list shows them)", dir);
-    return -1;
-  }
-  if (strchr (name, '/') || strcmp (name, ".") == 0 || strcmp (name, "..") == 0) {
-    nbdkit_error ("dir=%s: export name \"%s\" is not a file name in the folder", dir, name);
-    return -1;
-  }
+  if (name[0] == '\0')
+    return rb_error (ENOENT, "dir=%s: the default export \"\" is not served: name an image "
+                     "(nbdinfo --list shows them)", dir);
+  if (strchr (name, '/') || strcmp (name, ".") == 0 || strcmp (name, "..") == 0)
+    return rb_error (ENOENT, "dir=%s: export name \"%.200s\" is not a file name in the folder",
+                     dir, name);
   return 0;
 }
 
@@ -100,25 +98,22 @@ export_get (const char *dir, const char *name, const struct rb_open_opts *o)
   char *path = NULL;
   int q;
 
-  if (check_name (dir, name) == -1) {
-    errno = ENOENT;
+  if (check_name (dir, name) == -1)
     return NULL;
-  }
   pthread_mutex_lock (&exports_lock);
   for (e = exports; e; e = e->next)
     if (strcmp (e->name, name) == 0)
       break;
   if (!e) {
     if (asprintf (&path, "%s/%s", dir, name) == -1) {
-      nbdkit_error ("out of memory");
+      rb_error (ENOMEM, "out of memory");
       path = NULL;
     }
     else if (stat (path, &st) == -1 || !(S_ISREG (st.st_mode) || S_ISBLK (st.st_mode)))
-      nbdkit_error ("dir=%s: no image \"%s\" in the folder (nbdinfo --list shows them)",
-                    dir, name);
-    else if ((q = rb_probe_qcow2 (path)) == -1)
-      nbdkit_error ("%s", rb_errmsg ());
-    else if ((e = export_new (name, path, !q, o)) != NULL) {
+      rb_error (ENOENT, "dir=%s: no image \"%.200s\" in the folder (nbdinfo --list shows them)",
+                dir, name);
+    else if ((q = rb_probe_qcow2 (path)) != -1 &&
+             (e = export_new (name, path, !q, o)) != NULL) {
       e->next = exports;
       exports = e;
     }
@@ -127,28 +122,40 @@ export_get (const char *dir, const char *name, const struct rb_open_opts *o)
   if (e)
     e->users++;
   pthread_mutex_unlock (&exports_lock);
-  if (!e)
-    errno = ENOENT;
   return e;
+}
+
+/* One user less for the dir= export whose image is img (or e if not NULL):
+ * the last one closes it.
+ */
+static void
+put (struct export *e, const struct rb_image *img)
+{
+  struct export **p;
+
+  pthread_mutex_lock (&exports_lock);
+  for (p = &exports; *p; p = &(*p)->next)
+    if (*p == e || (*p)->img == img)
+      break;
+  if (*p && --(*p)->users == 0) {
+    e = *p;
+    *p = e->next;
+    export_free (e);
+  }
+  pthread_mutex_unlock (&exports_lock);
 }
 
 void
 export_put (struct export *e)
 {
-  struct export **p;
+  if (e != file_export)
+    put (e, NULL);
+}
 
-  if (e == file_export)
-    return;
-  pthread_mutex_lock (&exports_lock);
-  if (--e->users == 0) {
-    for (p = &exports; *p; p = &(*p)->next)
-      if (*p == e) {
-        *p = e->next;
-        break;
-      }
-    export_free (e);
-  }
-  pthread_mutex_unlock (&exports_lock);
+void
+export_put_image (struct rb_image *img)
+{
+  put (NULL, img);
 }
 
 /* Is entry (of the folder open as dfd) a regular file or block device,

@@ -28,8 +28,8 @@ struct export *export_open_file (const char *path, const struct rb_open_opts *o)
 struct export *export_file (void);
 
 /* dir=: the image `name` of folder dir, opened (read-only) if no connection
- * holds it yet; one more user.  NULL with nbdkit_error (unknown name, or an
- * image that cannot be served, with the engine's reason).
+ * holds it yet; one more user.  NULL with the error recorded (rb_errmsg:
+ * unknown name, or an image that cannot be served, with the engine's reason).
  */
 struct export *export_get (const char *dir, const char *name, const struct rb_open_opts *o);
 
@@ -37,6 +37,9 @@ struct export *export_get (const char *dir, const char *name, const struct rb_op
  * (flushed, bitmaps stored, QEMU's locks released).
  */
 void export_put (struct export *e);
+
+/* The same by image, for the JSON-RPC server's release_image. */
+void export_put_image (struct rb_image *img);
 
 /* dir=: every regular file or block device in dir, for .list_exports. */
 int exports_list (const char *dir, struct nbdkit_exports *exports);

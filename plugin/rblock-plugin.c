@@ -39,7 +39,7 @@ static char *rpc_token_file;        /* rpc-token-file= */
  */
 #define MAX_REQUEST (64u << 20)
 
-static struct rpc_server *rpc;      /* file= only */
+static struct rpc_server *rpc;      /* rpc= */
 
 /* Report the engine's last error to nbdkit and the client. */
 static void
@@ -164,10 +164,6 @@ rblock_config_complete (void)
     nbdkit_error ("snapshot= needs file=: with dir= each export is an image's active state");
     return -1;
   }
-  if (directory && rpc_listen) {
-    nbdkit_error ("rpc= is served with file= only (not yet with dir=)");
-    return -1;
-  }
   if (detect_zeroes == DZ_UNMAP && discard_ignore) {
     nbdkit_error ("detect-zeroes=unmap needs discard=unmap (as qemu-nbd)");
     return -1;
@@ -230,6 +226,22 @@ open_opts (void)
   return o;
 }
 
+/* dir=: the JSON-RPC request's export, held until rpc_release. */
+static struct rb_image *
+rpc_resolve (void *opaque, const char *name)
+{
+  struct rb_open_opts o = open_opts ();
+  struct export *e = export_get (directory, name, &o);
+
+  return e ? e->img : NULL;
+}
+
+static void
+rpc_release (void *opaque, struct rb_image *img)
+{
+  export_put_image (img);
+}
+
 /* file=: open the image once, before serving, so bad images fail at
  * start-up.  Read-only: nbdkit does not tell a plugin about -r or read-only
  * filters until .open, so write access (QEMU's write lock, a dirty image's
@@ -240,7 +252,7 @@ static int
 rblock_get_ready (void)
 {
   struct rb_open_opts o = open_opts ();
-  struct export *e;
+  struct export *e = NULL;
   struct stat st;
 
   rb_set_warning_fn (warn, NULL);
@@ -249,16 +261,22 @@ rblock_get_ready (void)
       nbdkit_error ("dir=%s: not a directory", directory);
       return -1;
     }
-    return 0;
   }
-  if (!(e = export_open_file (filename, &o)))
+  else if (!(e = export_open_file (filename, &o)))
     return -1;
   if (rpc_listen) {
-    /* RPC writes are served only while the image is writable. */
+    /* RPC writes are served only while the image is writable.  dir=: each
+     * request names its export, which is held (opened if no NBD client has
+     * it) for the request.
+     */
     struct rpc_config cfg = { .listen = rpc_listen,
                               .writable = rpc_writable && !readonly_param,
                               .listen_any = rpc_listen_any, .token_file = rpc_token_file };
-    rpc = rpc_server_new (e->img, &cfg);
+    if (directory) {
+      cfg.resolve_image = rpc_resolve;
+      cfg.release_image = rpc_release;
+    }
+    rpc = rpc_server_new (directory ? NULL : e->img, &cfg);
     if (!rpc) {
       nbdkit_error ("rpc: %s", rb_errmsg ());   /* the message names the address or file */
       return -1;
@@ -328,6 +346,7 @@ rblock_open (int readonly)
   h->exp = directory ? export_get (directory, nbdkit_export_name (), &o)
                      : export_file ();
   if (!h->exp) {
+    nbdkit_error ("%s", rb_errmsg ());
     free (h);
     return NULL;
   }

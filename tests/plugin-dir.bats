@@ -161,9 +161,9 @@ assert r.returncode == 0, r.stderr'
   md5sum -c --quiet "$T/sums"
 }
 
-@test "dir= refuses file= with it, snapshot= and rpc=, and a path that is not a folder, in one line" {
+@test "dir= refuses file= with it, snapshot=, and a path that is not a folder, in one line" {
   qemu-img create -q -f qcow2 "$D/a.qcow2" 1M
-  for p in "file=$D/a.qcow2" snapshot=s1 "rpc=unix:$T/r.sock"; do
+  for p in "file=$D/a.qcow2" snapshot=s1; do
     run nbdkit -U "$T/x.sock" "$RBLOCK_SO" dir="$D" "$p" --run true
     [ "$status" -ne 0 ]
     [ "$(grep -c error <<< "$output")" -eq 1 ] || { echo "$output"; false; }
@@ -171,4 +171,49 @@ assert r.returncode == 0, r.stderr'
   run nbdkit -U "$T/x.sock" "$RBLOCK_SO" dir="$D/a.qcow2" --run true
   [ "$status" -ne 0 ]
   [[ "$output" == *"not a directory"* ]]
+}
+
+# rpc JSON: one request to the embedded JSON-RPC socket, the reply on stdout.
+rpc () {
+  printf '%s' "$1" | timeout 10 nc -N -U "$T/rpc.sock"
+}
+
+@test "dir= with rpc=: each request names its export; writes only where an NBD client may write; unknown names refused" {
+  qemu-img create -q -f qcow2 "$D/a.qcow2" 16M
+  qemu-io -c 'write -P 1 0 64k' "$D/a.qcow2" > /dev/null
+  qemu-img create -q -f qcow2 "$D/b.qcow2" 32M
+  qemu-io -c 'write -P 2 0 64k' "$D/b.qcow2" > /dev/null
+  cp "$D/b.qcow2" "$T/b.copy"
+  start_nbdkit "$RBLOCK_SO" dir="$D" rpc="unix:$T/rpc.sock" rpc-writable=true
+  for i in $(seq 100); do [ -S "$T/rpc.sock" ] && break; sleep 0.05; done
+  read='{"method":"read","params":{"offset":0,"length":4},"id":9,"export":"@"}'
+  [ "$(rpc "${read/@/a.qcow2}" | jq -r .result.data | base64 -d | od -An -tx1 | tr -d ' ')" = 01010101 ]
+  [ "$(rpc "${read/@/b.qcow2}" | jq -r .result.data | base64 -d | od -An -tx1 | tr -d ' ')" = 02020202 ]
+  [ "$(rpc '{"method":"info","id":1,"export":"b.qcow2"}' | jq .result.virtual_size)" = 33554432 ]
+  [ "$(rpc '{"method":"info","id":1,"export":"a.qcow2"}' | jq .result.virtual_size)" = 16777216 ]
+  # The image a request opened is closed with it: QEMU may open it at once.
+  qemu-img info "$D/b.qcow2" > /dev/null
+  [[ "$(rpc '{"method":"read","params":{"offset":0,"length":4},"id":2}' | jq -r .error.message)" == *'default export "" is not served'* ]]
+  [[ "$(rpc '{"method":"read","params":{"offset":0,"length":4},"id":3,"export":"nosuch"}' | jq -r .error.message)" == *'no image "nosuch"'* ]]
+  write='{"method":"write","params":{"offset":65536,"data":"UlBD"},"id":4,"export":"@"}'
+  # No NBD client: read-only, the write is refused.
+  [ "$(rpc "${write/@/a.qcow2}" | jq .error.data.errno)" = 30 ]
+  # While an NBD client that may write holds a.qcow2, the RPC writes it; b stays read-only.
+  W="${write/@/a.qcow2}" WB="${write/@/b.qcow2}" S="$T/rpc.sock" nbdsh -u "$(uri a.qcow2)" -c '
+import json, os, subprocess
+assert not h.is_read_only()
+def rpc(req):
+    return json.loads(subprocess.run(["nc", "-N", "-U", os.environ["S"]], input=req,
+                                     capture_output=True, text=True, timeout=10).stdout)
+r = rpc(os.environ["W"])
+assert "result" in r, r
+assert h.pread(3, 65536) == b"RPC"
+r = rpc(os.environ["WB"])
+assert r["error"]["data"]["errno"] == 30, r
+'
+  wait_unlocked "$D/a.qcow2"
+  qemu_check_clean "$D/a.qcow2"
+  qemu-img convert -O raw "$D/a.qcow2" "$T/a.raw"
+  [ "$(dd if="$T/a.raw" bs=1 skip=65536 count=3 status=none)" = RPC ]
+  cmp "$D/b.qcow2" "$T/b.copy"
 }
