@@ -397,6 +397,23 @@ accept_conn (struct rpc_server *s, double now)
   s->nconns++;
 }
 
+/* Send what the socket takes of the connection's replies, without waiting. */
+static void
+conn_send (struct conn *c, double now)
+{
+  ssize_t k;
+
+  if (rpc_session_unsent (&c->s) == 0)
+    return;
+  k = send (c->fd, c->s.out + c->s.out_off, rpc_session_unsent (&c->s), MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (k > 0) {
+    rpc_session_sent (&c->s, k);
+    c->active = now;
+  }
+  else if (k == -1 && errno != EAGAIN && errno != EINTR)
+    c->dead = true;
+}
+
 /* One connection's turn in a round: read, send, answer one request. */
 static void
 serve_conn (struct rpc_server *s, size_t i, short ev, double now)
@@ -425,24 +442,18 @@ serve_conn (struct rpc_server *s, size_t i, short ev, double now)
   }
   else if ((ev & POLLHUP) && !(ev & POLLIN))
     c->dead = true;                   /* gone: nobody reads the replies */
-  if (!c->dead && (ev & POLLOUT) && rpc_session_unsent (&c->s) > 0) {
-    ssize_t k = send (c->fd, c->s.out + c->s.out_off, rpc_session_unsent (&c->s),
-                      MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (k > 0) {
-      rpc_session_sent (&c->s, k);
-      c->active = now;
-    }
-    else if (k == -1 && errno != EAGAIN && errno != EINTR)
-      c->dead = true;
-  }
+  if (!c->dead && (ev & POLLOUT))
+    conn_send (c, now);
   /* Over the memory bound, a connection with replies waiting waits too
-   * (after the longest idle ones gave way).
+   * (after the longest idle ones gave way).  A new reply goes out at once
+   * if the socket takes it (no poll round in between).
    */
   if (!c->dead && rpc_session_has_work (&c->s) &&
       (make_room (s, i, now) || rpc_session_unsent (&c->s) == 0)) {
     rpc_session_step (&c->s, &request);
     if (request)
       c->active = now;
+    conn_send (c, now);
   }
   if (!c->dead && rpc_session_unsent (&c->s) == 0 &&
       (c->s.broken || (c->eof && !c->s.batch && c->s.in_off == c->s.in_len)))
