@@ -27,7 +27,7 @@ qio () {
 # preallocation metadata/falloc/full, a sparse raw file with a ragged size.
 # rblock-made: rb-convert (plain and zstd-compressed) and rb-delta outputs,
 # rb-create images (extended L2, preallocated) with rb-bitmap's bitmaps,
-# written through the plugin.
+# written through the plugin, and rb-snapshot's snapshots.
 make_matrix () {
   local d=$1
   if [ -s "$d/list" ]; then cat "$d/list"; return; fi
@@ -96,13 +96,21 @@ make_matrix () {
                  -c "discard 100k 16k" -c "write -P 32 1500k 1k" "$uri"' >/dev/null
       qemu-img check -q "$img"             # what rblock wrote is clean
     done
+    # An rb-snapshot chain of snapshots over rblock's writes (one deleted).
+    "$RB_CREATE" -q r-snap.qcow2 2M
+    for s in one two three; do
+      nbdkit -U - "$RBLOCK_SO" file=r-snap.qcow2 --run "qemu-io -f raw -c 'write -P 33 ${#s}00k 64k' \"\$uri\"" >/dev/null
+      "$top_builddir/utils/rb-snapshot" -q -c "$s" r-snap.qcow2
+    done
+    "$top_builddir/utils/rb-snapshot" -q -d two r-snap.qcow2
+    qemu-img check -q r-snap.qcow2
     # ... and the bitmaps were stored back, not left in use.
     [ "$(qemu-img info --output=json r-written.qcow2 | jq -c '[."format-specific".data.bitmaps[].flags]')" = '[["auto"],[]]' ]
   ) >&2
   printf '%s\n' plain.qcow2 v2.qcow2 c512.qcow2 c2m.qcow2 extl2.qcow2 zlib.qcow2 zstd.qcow2 \
     snap.qcow2 bitmap.qcow2 lazy.qcow2 chain/base.raw chain/mid.qcow2 chain/top.qcow2 \
     chain/qbase.qcow2 chain/qtop.qcow2     pre-metadata.qcow2 pre-falloc.qcow2 pre-full.qcow2 sparse.raw mix.raw \
-    r-convert.qcow2 r-zstd.qcow2 r-delta.qcow2 r-written.qcow2 r-pre.qcow2 > "$d/list"
+    r-convert.qcow2 r-zstd.qcow2 r-delta.qcow2 r-written.qcow2 r-pre.qcow2 r-snap.qcow2 > "$d/list"
   cat "$d/list"
 }
 

@@ -80,6 +80,8 @@ snapshot_json (const struct rb_snapshot_info *s)
   add_u64 (j, "date-nsec", s->date_nsec);
   add_u64 (j, "vm-clock-sec", s->vm_clock_nsec / 1000000000);
   add_u64 (j, "vm-clock-nsec", s->vm_clock_nsec % 1000000000);
+  if (s->icount != UINT64_MAX)
+    add_u64 (j, "icount", s->icount);
   return j;
 }
 
@@ -178,14 +180,16 @@ image_info (const char *name, const struct cmdline *cl)
         add_str (j, "backing-filename-format", in->backing_format);
       free (full);
     }
-    if (in->nb_snapshots > in->nr_snapshots)
-      fprintf (stderr, "%s: warning: %s: only the first %u of its %u snapshots are listed\n",
-               progname, name, in->nr_snapshots, in->nb_snapshots);
-    if (in->nr_snapshots) {
+    if (in->nb_snapshots) {
+      struct rb_snapshot_info *list;
+      int n = rb_snapshot_list (img, &list);
       json_object *a = json_object_new_array ();
-      for (i = 0; i < in->nr_snapshots; i++)
-        json_object_array_add (a, snapshot_json (&in->snapshots[i]));
+      if (n == -1)
+        die_rb ();
+      for (i = 0; i < (unsigned) n; i++)
+        json_object_array_add (a, snapshot_json (&list[i]));
       json_object_object_add (j, "snapshots", a);
+      free (list);
     }
     json_object_object_add (j, "format-specific", qcow2_specific (in, img));
   }
