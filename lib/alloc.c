@@ -121,7 +121,7 @@ alloc_run (struct rb_image *img, uint64_t min, uint64_t max, uint64_t *nr, bool 
   if (img->free_hint == start)
     img->free_hint = start + n;
   *fresh = (start << img->cluster_bits) >= img->file_size;
-  img->file_size = MAX (img->file_size, (start + n) << img->cluster_bits);
+  grow_file_size (img, (start + n) << img->cluster_bits);
   img->stats.clusters_allocated += n;
   *nr = n;
   return (int64_t) (start << img->cluster_bits);

@@ -248,7 +248,7 @@ bitmaps_commit (struct rb_image *img, bool final, const struct bitmap *removed,
     if (free_clusters_deferred (img, old.v[i].off, old.v[i].nr) == -1)
       goto out;
   r = 0;
-  if (flush_metadata (img) == -1 || apply_deferred_frees (img) == -1 || flush_metadata (img) == -1)
+  if (flush_metadata (img) == -1 || release_deferred_frees (img) == -1)
     r = -1;
   goto out;
 

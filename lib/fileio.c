@@ -84,27 +84,35 @@ fault_check (enum io_event ev)
  * made to read as zeros ('Z', offset, length) and every completed sync
  * ('S') in order.
  */
-static int iolog_fd = -2;
+static int iolog_fd = -1;
 static pthread_mutex_t iolog_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t iolog_once = PTHREAD_ONCE_INIT;
 
-/* True if writes are being logged (the log opened on first use). */
+static void
+iolog_open (void)
+{
+  const char *p = getenv ("RBLOCK_IOLOG");
+
+  if (p)
+    iolog_fd = open (p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+}
+
+/* True if writes are being logged: decided once, before any thread logs.
+ * The caller then takes iolog_lock around the write and its record.
+ */
 static bool
 iolog_on (void)
 {
-  if (iolog_fd == -2) {
-    const char *p = getenv ("RBLOCK_IOLOG");
-    iolog_fd = p ? open (p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
-  }
+  pthread_once (&iolog_once, iolog_open);
   return iolog_fd >= 0;
 }
 
+/* Append one record (under iolog_lock). */
 static void
 iolog (char kind, const void *buf, uint64_t count, uint64_t offset)
 {
   uint8_t h[17];
 
-  if (!iolog_on ())
-    return;
   h[0] = kind;
   put_be64 (h + 1, offset);
   put_be64 (h + 9, count);
@@ -166,7 +174,7 @@ logged_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
 {
   int r;
 
-  if (iolog_fd == -1)
+  if (!iolog_on ())
     return write_all (fd, buf, count, offset);
   pthread_mutex_lock (&iolog_lock);
   r = write_all (fd, buf, count, offset);
@@ -224,7 +232,7 @@ file_sync (int fd, enum io_event ev)
     if (errno != EINTR)
       return rb_error_errno (errno, "fdatasync");
   }
-  if (iolog_fd != -1) {
+  if (iolog_on ()) {
     pthread_mutex_lock (&iolog_lock);
     iolog ('S', NULL, 0, 0);
     pthread_mutex_unlock (&iolog_lock);
@@ -275,6 +283,7 @@ try_fallocate (int fd, int mode, uint64_t offset, uint64_t count, _Atomic bool *
 int
 file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev)
 {
+  bool logged;
   int e, r;
 
   if (count == 0)
@@ -285,7 +294,7 @@ file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev)
       return -1;
     no_zero_range = no_punch_hole = true;
   }
-  if (iolog_fd != -1)
+  if ((logged = iolog_on ()))
     pthread_mutex_lock (&iolog_lock);
   e = try_fallocate (fd, FALLOC_FL_ZERO_RANGE, offset, count, &no_zero_range);
   /* EINVAL: this range is not one the device can zero (alignment). */
@@ -297,9 +306,48 @@ file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev)
     r = rb_error_errno (e, "zeroing %" PRIu64 " bytes at host offset %" PRIu64, count, offset);
   else
     r = 0;
-  if (r == 0)
+  if (r == 0 && logged)
     iolog ('Z', NULL, count, offset);
-  if (iolog_fd != -1)
+  if (logged)
+    pthread_mutex_unlock (&iolog_lock);
+  return r;
+}
+
+void
+file_punch_hole (int fd, uint64_t offset, uint64_t count)
+{
+  bool logged = iolog_on ();
+
+  if (logged)
+    pthread_mutex_lock (&iolog_lock);
+  if (try_fallocate (fd, FALLOC_FL_PUNCH_HOLE, offset, count, &no_punch_hole) == 0 && logged)
+    iolog ('Z', NULL, count, offset);
+  if (logged)
+    pthread_mutex_unlock (&iolog_lock);
+}
+
+/* The file must reach at least `end` bytes (a cluster that holds only
+ * zeros the file system provides still has to start inside the file, or
+ * QEMU counts a reference past its end).  Only extends, as a hole.  0 / -1.
+ */
+int
+file_extend (int fd, uint64_t end)
+{
+  bool logged = iolog_on ();
+  struct stat st;
+  int r = 0;
+
+  if (logged)
+    pthread_mutex_lock (&iolog_lock);
+  if (fstat (fd, &st) == -1)
+    r = rb_error_errno (errno, "fstat");
+  else if (S_ISREG (st.st_mode) && (uint64_t) st.st_size < end) {
+    if (ftruncate (fd, end) == -1)
+      r = rb_error_errno (errno, "extending the file to %" PRIu64 " bytes", end);
+    else if (logged)
+      iolog ('Z', NULL, end - st.st_size, st.st_size);
+  }
+  if (logged)
     pthread_mutex_unlock (&iolog_lock);
   return r;
 }

@@ -34,10 +34,19 @@
  *    the old clusters.  A crash leaves the old directory (in use) or the new
  *    one: never a consistent-looking bitmap that misses a write.  Disabled
  *    bitmaps are not touched.
+ * 9. Space goes back to the file system only for clusters nobody can reach: a freed
+ *    cluster's host range is punched (PUNCH_HOLE) after its refcount has dropped to 0
+ *    durably, with io_lock held exclusively and meta_lock from the drop to the punch, so
+ *    no allocation can take the cluster in between and no durable L2 entry points at it
+ *    (release_deferred_frees below).  Free clusters at the end of the file are cut off at
+ *    a clean close, after the last flush (rb_close).
  */
 #include <config.h>
 
 #include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,6 +168,68 @@ mark_corrupt (struct rb_image *img, const char *fmt, ...)
     if (header_update_features (img) == 0)
       file_sync (img->fd, IO_FLUSH);
   }
-  img->corrupt = true;
+  __atomic_store_n (&img->corrupt, true, __ATOMIC_RELEASE);   /* writable () reads it unlocked */
   return rb_error (EIO, "corrupt image: %s: %s", img->path, msg);
+}
+
+/* Release every queued free (invariant 4: their pointers are durable when
+ * the caller flushed), make the refcount drops durable, then give the
+ * clusters that are now free back to the file system (invariant 9).
+ * Called with io_lock held exclusively and meta_lock.  Returns 0 / -1.
+ */
+int
+release_deferred_frees (struct rb_image *img)
+{
+  size_t i, n = img->nr_frees;
+  struct deferred_free *f = NULL;
+  uint64_t c, rc, first;
+
+  if (n == 0)
+    return 0;
+  f = malloc (n * sizeof *f);
+  if (f)
+    memcpy (f, img->frees, n * sizeof *f);
+  if (apply_deferred_frees (img) == -1 || flush_metadata (img) == -1) {
+    free (f);
+    return -1;
+  }
+  /* Best effort, as QEMU's discards: no punch (out of memory, a file system
+   * without it, an error) only means the space stays allocated.
+   */
+  for (i = 0; f && i < n; i++) {
+    uint64_t start = f[i].host_offset >> img->cluster_bits, end = start + f[i].nr;
+    for (c = first = start; c <= end; c++) {
+      /* A shared cluster (compressed data of several clusters) may still be in use. */
+      if (c < end && refcount_get (img, c, &rc) == 0 && rc == 0)
+        continue;
+      if (c > first)
+        file_punch_hole (img->fd, first << img->cluster_bits, (c - first) << img->cluster_bits);
+      first = c + 1;
+    }
+  }
+  free (f);
+  return 0;
+}
+
+/* At a clean close, after the last flush: cut the free clusters at the end
+ * of the file off (invariant 9; their refcounts are 0 durably).  Only after
+ * this session wrote, only regular files; best effort.
+ */
+void
+truncate_free_tail (struct rb_image *img)
+{
+  uint64_t c = DIV_ROUND_UP (img->file_size, img->cluster_size), rc, end;
+  struct stat st;
+
+  if (!img->first_write_done || fstat (img->fd, &st) == -1 || !S_ISREG (st.st_mode))
+    return;
+  pthread_rwlock_wrlock (&img->io_lock);
+  pthread_mutex_lock (&img->meta_lock);
+  while (c > 1 && refcount_get (img, c - 1, &rc) == 0 && rc == 0)
+    c--;
+  end = c << img->cluster_bits;
+  if (end < (uint64_t) st.st_size && ftruncate (img->fd, end) == 0)
+    img->file_size = end;
+  pthread_mutex_unlock (&img->meta_lock);
+  pthread_rwlock_unlock (&img->io_lock);
 }

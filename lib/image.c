@@ -332,6 +332,8 @@ rb_close (struct rb_image *img)
   if (!img->readonly && !img->corrupt && !img->is_raw) {
     if (rb_flush (img) == -1 || rb_flush (img) == -1 || bitmaps_close (img) == -1)
       r = -1;
+    else
+      truncate_free_tail (img);
   }
   image_free (img);
   return r;

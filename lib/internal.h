@@ -43,6 +43,11 @@ int file_sync (int fd, enum io_event ev);
  * PUNCH_HOLE (both keeping the size), else written zeros.  0 / -1.
  */
 int file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev);
+/* Give [offset, offset+count) back to the file system (PUNCH_HOLE, keeping
+ * the size); best effort: nothing happens where punching is not supported.
+ */
+void file_punch_hole (int fd, uint64_t offset, uint64_t count);
+int file_extend (int fd, uint64_t end);
 int fault_check (enum io_event ev);   /* 0, or -1 with the injected error recorded */
 int file_size (int fd, uint64_t *size);   /* regular file or block device */
 
@@ -199,6 +204,11 @@ void backing_close (struct rb_image *img);
 
 /* ---- flush.c ---- */
 int flush_metadata (struct rb_image *img);   /* under meta_lock */
+/* Apply the queued frees, durably, and punch what is now free (invariant 9).
+ * io_lock exclusive and meta_lock held.
+ */
+int release_deferred_frees (struct rb_image *img);
+void truncate_free_tail (struct rb_image *img);   /* at a clean close */
 int mark_dirty_l1 (struct rb_image *img, uint64_t l1_index);
 int prepare_first_write (struct rb_image *img);
 int clear_autoclear (struct rb_image *img, bool written);
@@ -450,6 +460,22 @@ struct rb_image {
 
   struct rb_stats stats;
 };
+
+/* file_size only grows while the image is served, under meta_lock; l2_decode
+ * reads it on the read path without the lock, so both sides are atomic.
+ */
+static inline void
+grow_file_size (struct rb_image *img, uint64_t end)
+{
+  if (end > img->file_size)
+    __atomic_store_n (&img->file_size, end, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t
+file_size_now (struct rb_image *img)
+{
+  return __atomic_load_n (&img->file_size, __ATOMIC_RELAXED);
+}
 
 #define cluster_of(img, off) ((off) >> (img)->cluster_bits)
 #define offset_in_cluster(img, off) ((off) & ((img)->cluster_size - 1))

@@ -14,6 +14,8 @@
 int
 l2_decode (struct rb_image *img, uint64_t entry, struct l2_info *info)
 {
+  uint64_t file_size = file_size_now (img);
+
   info->copied = (entry & QCOW_OFLAG_COPIED) != 0;
   info->compressed_size = 0;
 
@@ -28,12 +30,12 @@ l2_decode (struct rb_image *img, uint64_t entry, struct l2_info *info)
     info->copied = false;
     if (entry & QCOW_OFLAG_COPIED)
       return mark_corrupt (img, "compressed L2 entry %#" PRIx64 " has the copied flag", entry);
-    if (off == 0 || off >= img->file_size)
+    if (off == 0 || off >= file_size)
       return mark_corrupt (img, "compressed cluster at %#" PRIx64 " is beyond the end of the file",
                            off);
     /* The descriptor may overstate the length by padding; clamp to EOF. */
-    if (off + size > img->file_size)
-      info->compressed_size = img->file_size - off;
+    if (off + size > file_size)
+      info->compressed_size = file_size - off;
     return 0;
   }
 
@@ -49,7 +51,7 @@ l2_decode (struct rb_image *img, uint64_t entry, struct l2_info *info)
   if (info->host_offset) {
     if (!IS_ALIGNED (info->host_offset, img->cluster_size))
       return mark_corrupt (img, "L2 entry %#" PRIx64 " points at an unaligned offset", entry);
-    if (info->host_offset + img->cluster_size > ROUND_UP (img->file_size, img->cluster_size) ||
+    if (info->host_offset + img->cluster_size > ROUND_UP (file_size, img->cluster_size) ||
         info->host_offset < img->cluster_size)
       return mark_corrupt (img, "L2 entry points at host offset %#" PRIx64
                            " beyond the end of the file or at the header", info->host_offset);

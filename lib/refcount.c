@@ -167,7 +167,7 @@ grow_reftable (struct rb_image *img, uint64_t rt_index)
   free (img->reftable);
   img->reftable = newtab;
   img->reftable_entries = new_entries;
-  img->file_size = MAX (img->file_size, (S + k + T) * cs);
+  grow_file_size (img, (S + k + T) * cs);
   if (refblocks_rebuild (img) == -1)
     return -1;
 
@@ -214,7 +214,7 @@ refblock_create (struct rb_image *img, uint64_t rt_index, uint64_t at)
   }
   cache_put (img->rb_cache, b_off);
   img->reftable[rt_index] = b_off;
-  img->file_size = MAX (img->file_size, b_off + img->cluster_size);
+  grow_file_size (img, b_off + img->cluster_size);
   if (write_reftable_entry (img, rt_index) == -1) {
     img->reftable[rt_index] = 0;
     return -1;

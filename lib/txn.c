@@ -89,7 +89,7 @@ txn_begin (struct rb_image *img)
   struct txn *t;
 
   if (prepare_first_write (img) == -1 || flush_metadata (img) == -1 ||
-      apply_deferred_frees (img) == -1 || flush_metadata (img) == -1)
+      release_deferred_frees (img) == -1)
     return NULL;
   t = calloc (1, sizeof *t);
   if (!t) {
@@ -488,9 +488,7 @@ txn_commit (struct txn *t, struct txn_state *s, bool *switched)
   if (r == 0)
     r = flush_metadata (img);
   if (r == 0)
-    r = apply_deferred_frees (img);
-  if (r == 0)
-    r = flush_metadata (img);
+    r = release_deferred_frees (img);
   free (table);
   txn_free (t);
   return r;

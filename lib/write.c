@@ -29,7 +29,7 @@ writable (struct rb_image *img)
 {
   if (rb_is_readonly (img))
     return rb_error (EROFS, "%s: image is read-only", img->path);
-  if (img->corrupt)
+  if (__atomic_load_n (&img->corrupt, __ATOMIC_ACQUIRE))
     return rb_error (EIO, "%s: image is marked corrupt; no more writes", img->path);
   return 0;
 }
@@ -232,7 +232,7 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
   uint64_t l1_index = gc >> img->l2_bits, idx = gc & (img->l2_entries - 1);
   uint64_t in = guest_offset - cstart, end = in + len;
   uint64_t entry, bitmap = 0, new_bitmap = 0, host, unit, u, got, touched_bits = 0;
-  bool by_sc, in_place, fresh = false, has_backing = img->backing != NULL;
+  bool by_sc, in_place, fresh = false, wrote = false, has_backing = img->backing != NULL;
   struct seg segs[MAX_SEGS];
   unsigned nseg = 0, i;
   struct l2_info info;
@@ -331,8 +331,15 @@ write_cluster_slow (struct rb_image *img, uint64_t guest_offset, uint64_t len, c
                      host + segs[i].from) == -1)
       goto err_release;
     img->data_unsynced = true;
+    wrote = true;
     i = j + 1;
   }
+  /* A new cluster past the old end of the file that got nothing written
+   * (all its bytes zeros the file system provides) must still lie inside
+   * the file for the L2 entry to be valid.
+   */
+  if (fresh && !wrote && file_extend (img->fd, host + cs) == -1)
+    goto err_release;
 
   if (img->extended_l2) {
     if (info.kind == L2_COMPRESSED)

@@ -199,7 +199,7 @@ rb_flush (struct rb_image *img)
     pthread_mutex_lock (&img->meta_lock);
     r = flush_metadata (img);
     if (r == 0)
-      r = apply_deferred_frees (img);
+      r = release_deferred_frees (img);
     pthread_mutex_unlock (&img->meta_lock);
     pthread_rwlock_unlock (&img->io_lock);
   }
