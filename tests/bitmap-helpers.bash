@@ -30,7 +30,8 @@ qemu_dirty () {
   return $r
 }
 
-# patch_bitmap IMAGE NAME FIELD VALUE: set a directory entry field (type, flags) on disk.
+# patch_bitmap IMAGE NAME FIELD VALUE: set a directory entry field (type, flags, granularity
+# bits) on disk.
 patch_bitmap () {
   python3 - "$@" <<'PY'
 import struct, sys
@@ -47,8 +48,8 @@ f.seek(dirof); d = f.read(size); pos = 0
 while pos < size:
     nsz, esz = struct.unpack(">HI", d[pos + 18:pos + 24])
     if d[pos + 24 + esz:pos + 24 + esz + nsz] == name:
-        if field == "type":
-            f.seek(dirof + pos + 16); f.write(bytes([value]))
+        if field in ("type", "granularity"):
+            f.seek(dirof + pos + (16 if field == "type" else 17)); f.write(bytes([value]))
         else:
             f.seek(dirof + pos + 12); f.write(struct.pack(">I", value))
         sys.exit(0)

@@ -241,9 +241,22 @@ output_prepare (const char *output, bool force, struct source **sources, int nr)
 int
 output_commit (void)
 {
+  char dir[4096];
+  int fd;
+
   if (rename (tmp_path, final_path) == -1)
     return rb_error (errno, "%s: %s", final_path, strerror (errno));
   tmp_path[0] = '\0';
+  /* The rename is durable once the folder is (the file was synced). */
+  snprintf (dir, sizeof dir, "%s", final_path);
+  fd = open (dirname (dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd == -1 || fsync (fd) == -1) {
+    int e = errno;
+    if (fd >= 0)
+      close (fd);
+    return rb_error (e, "%s: cannot sync its folder: %s", final_path, strerror (e));
+  }
+  close (fd);
   return 0;
 }
 

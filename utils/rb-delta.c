@@ -17,6 +17,7 @@
 #include <json-c/json.h>
 
 #include "common.h"
+#include "dirty.h"
 #include "pairscan.h"
 
 const char *progname = "rb-delta";
@@ -36,6 +37,12 @@ usage (FILE *f, int status)
 "      --extended-l2        subcluster granularity (clusters of 16K or more)\n"
 "      --relative           store BASE relative to OUTPUT's folder\n"
 "      --changes FILE|-     use 'rb-diff --json' output instead of comparing again\n"
+"      --bitmap NAME        copy only what dirty bitmap NAME of NEW marks (NEW: a qcow2\n"
+"                           image holding it, or an NBD URI offering qemu:dirty-bitmap:NAME);\n"
+"                           BASE is then only recorded as the backing file, not read\n"
+"      --clear-bitmap       with --bitmap and a local NEW: clear NAME once OUTPUT is\n"
+"                           complete, so the next increment starts from here\n"
+"      --connections N      with --bitmap and an NBD NEW: read over N connections\n"
 "  -o OPTIONS               the same as qemu-img's -o: cluster_size, compat,\n"
 "                           extended_l2, refcount_bits, lazy_refcounts (-o help)\n"
 "  -f, --format raw|qcow2   BASE's and NEW's format: do not probe them\n"
@@ -49,9 +56,11 @@ usage (FILE *f, int status)
 "  %s --relative --extended-l2 /backups/base.qcow2 nbd://host/disk /backups/inc1.qcow2\n"
 "  rb-diff --json base.raw new.raw > c.json && %s --changes c.json base.raw new.raw d.qcow2\n"
 "  %s -U -o cluster_size=16k base.qcow2 /var/lib/vm/running.qcow2 inc.qcow2\n"
+"  %s --bitmap backup-0 --clear-bitmap full.qcow2 vm.qcow2 inc1.qcow2\n"
+"  %s --bitmap backup-0 --connections 4 full.qcow2 'nbd+unix:///?socket=/tmp/b' inc1.qcow2\n"
 "\n"
 "Exit status: 0 done, 1 usage error, 2 failure (OUTPUT is then not created).\n",
-           progname, progname, progname, progname, progname);
+           progname, progname, progname, progname, progname, progname, progname);
   exit (status);
 }
 
@@ -327,6 +336,141 @@ check_backing_resolves (const char *name, const char *output, const struct sourc
   free (copy);
 }
 
+/* What the --bitmap pieces build: the cluster being filled. */
+struct bitmap_delta {
+  struct rb_writer *w;
+  const char *output;
+  uint64_t cs, scs;                /* cluster and subcluster (unit) size */
+  int version;
+  uint64_t gc;                     /* the cluster in buf, if masks != 0 */
+  uint32_t alloc, zero;
+  uint8_t *buf;                    /* cs bytes */
+  uint64_t done;
+  struct progress prog;
+};
+
+/* Store the cluster being filled, if any. */
+static int
+bitmap_flush (struct bitmap_delta *b)
+{
+  int r = 0;
+
+  if (b->alloc | b->zero)
+    r = rb_writer_put (b->w, b->gc, b->alloc ? b->buf : NULL, b->alloc, b->zero);
+  b->alloc = b->zero = 0;
+  return r == -1 ? source_error_prefixed (b->output) : 0;
+}
+
+/* dirty_run callback: each unit of a dirty piece becomes data, or a zero
+ * cluster (subcluster) where NEW reads as zeros; version 2 has no zero flag:
+ * zeros are then written (the backing file may hold data there).
+ */
+static int
+bitmap_piece (void *opaque, uint64_t offset, uint64_t length, const uint8_t *data)
+{
+  struct bitmap_delta *b = opaque;
+  uint64_t pos;
+
+  for (pos = 0; pos < length; pos += b->scs) {
+    uint64_t off = offset + pos, n = MIN_U64 (b->scs, length - pos);
+    uint64_t gc = off / b->cs, in = off % b->cs;
+    uint32_t bit = b->scs == b->cs ? 1 : 1u << (in / b->scs);
+    bool zero = !data || all_zero (data + pos, n);
+
+    if ((b->alloc | b->zero) && gc != b->gc && bitmap_flush (b) == -1)
+      return -1;
+    if (!(b->alloc | b->zero)) {
+      b->gc = gc;
+      memset (b->buf, 0, b->cs);
+    }
+    if (zero && b->version != 2)
+      b->zero |= bit;
+    else {
+      b->alloc |= bit;
+      if (!zero)
+        memcpy (b->buf + in, data + pos, n);
+    }
+  }
+  b->done += length;
+  progress_update (&b->prog, b->done);
+  return 0;
+}
+
+/* rb-delta --bitmap: OUTPUT backed by BASE (only recorded) holding the
+ * clusters bitmap NAME of NEW marks dirty; with clear, NAME is cleared once
+ * OUTPUT is in place (a crash before leaves the bitmap as it was: the next
+ * run does this increment again).  Exits.
+ */
+static int __attribute__((noreturn))
+bitmap_delta (const struct cmdline *cl, struct rb_create_opts *o, const char *name,
+              struct source *base, const char *base_name, const char *new_name,
+              const char *output, bool relative, bool force, bool clear, unsigned connections)
+{
+  struct dirty_opts dopts = { .bitmap = name, .connections = connections,
+                              .no_lock = cl->force_share };
+  struct bitmap_delta b = { .output = output, .version = o->version };
+  struct source *srcs[2] = { base, NULL };
+  struct dirty_scan *ds;
+  char *backing_name;
+  const char *tmp;
+  uint64_t disk;
+
+  if (!source_is_uri (new_name)) {
+    /* Local: a qcow2 image; opened here to check that and OUTPUT is not it. */
+    if (!(srcs[1] = source_open (new_name, source_flags_for (cl, cl->format))))
+      die_rb ();
+    if (srcs[1]->kind != SOURCE_QCOW2)
+      die (EXIT_TROUBLE, "%s: with --bitmap, NEW must be a qcow2 image holding the bitmap, "
+           "or an NBD URI", new_name);
+  }
+  else if (clear)
+    die (EXIT_USAGE, "--clear-bitmap works on a local NEW only (clear a live bitmap with its server)");
+  b.cs = o->cluster_size;
+  b.scs = dopts.unit = o->extended_l2 ? o->cluster_size / 32 : o->cluster_size;
+  if (!(ds = dirty_open (new_name, &dopts)))
+    die_rb ();
+  if (base->size > dirty_disk_size (ds))
+    die (EXIT_TROUBLE, "%s (%" PRIu64 " bytes) is larger than %s (%" PRIu64
+         " bytes): a delta cannot shrink its backing file", base_name, base->size,
+         new_name, dirty_disk_size (ds));
+  tmp = output_prepare (output, force, srcs, srcs[1] ? 2 : 1);
+  if (srcs[1])
+    source_close (srcs[1]);
+  backing_name = relative ? relative_to (base_name, output) : strdup (base_name);
+  if (!backing_name)
+    die (EXIT_TROUBLE, "out of memory");
+  check_backing_resolves (backing_name, output, base);
+  disk = ROUND_UP_U64 (dirty_disk_size (ds), 512);
+  o->size = disk;
+  o->backing_file = backing_name;
+  o->backing_format = base->kind == SOURCE_QCOW2 ? "qcow2" : "raw";
+  if (!(b.buf = malloc (b.cs)))
+    die (EXIT_TROUBLE, "out of memory");
+  /* At most the dirty clusters: refcounts sized for those, not for the disk. */
+  if (!(b.w = rb_writer_new (tmp, o, false, dirty_max_clusters (ds, b.cs), false)))
+    die_rb ();
+  progress_init (&b.prog, cl->progress, dirty_total (ds));
+  if (dirty_run (ds, bitmap_piece, &b) == -1 || bitmap_flush (&b) == -1)
+    die_writer (b.w, NULL);
+  if (rb_writer_finish (b.w) == -1)
+    die_writer (NULL, output);
+  if (output_commit () == -1)
+    die_rb ();
+  progress_end (&b.prog);
+  dirty_close (ds);
+  if (clear) {
+    struct rb_open_opts oo = { .flags = RB_OPEN_NO_BACKING };
+    struct rb_image *img = rb_open (new_name, &oo);
+    if (!img || rb_bitmap_clear (img, name) == -1 || rb_close (img) == -1)
+      die (EXIT_TROUBLE, "%s is complete, but bitmap '%s' of %s was not cleared: %s", output,
+           name, new_name, rb_errmsg ());
+  }
+  source_close (base);
+  free (backing_name);
+  free (b.buf);
+  exit (EXIT_OK);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -337,6 +481,9 @@ main (int argc, char **argv)
     { "relative", no_argument, NULL, 'r' },
     { "changes", required_argument, NULL, 'D' },
     { "force", no_argument, NULL, 'F' },
+    { "bitmap", required_argument, NULL, 0x300 },
+    { "clear-bitmap", no_argument, NULL, 0x301 },
+    { "connections", required_argument, NULL, 0x302 },
     { NULL, 0, NULL, 0 },
   };
   struct cmdline cl = {
@@ -344,8 +491,9 @@ main (int argc, char **argv)
     .shared = OPT_FORMAT | OPT_SHARE | OPT_PROGRESS | OPT_CREATE,
   };
   struct rb_create_opts o = { 0 };
-  bool relative = false, force = false;
-  const char *changes = NULL, *tmp;
+  bool relative = false, force = false, clear_bitmap = false;
+  const char *changes = NULL, *tmp, *bitmap = NULL;
+  unsigned connections = 0;
   struct extent_list ch = { 0 };
   struct pair_scan_opts opts = { 0 };
   struct delta d;
@@ -363,11 +511,25 @@ main (int argc, char **argv)
     case 'r': relative = true; break;
     case 'D': changes = optarg; break;
     case 'F': force = true; break;
+    case 0x300: bitmap = optarg; break;
+    case 0x301: clear_bitmap = true; break;
+    case 0x302: {
+      char *end;
+      long n = strtol (optarg, &end, 10);
+      if (*end || n < 1 || n > 16)
+        cmdline_die (&cl, "--connections: '%s' is not a number from 1 to 16", optarg);
+      connections = n;
+      break;
+    }
     default: usage (stderr, EXIT_USAGE);
     }
   }
   if (argc - optind != 3)
     usage (stderr, EXIT_USAGE);
+  if (bitmap && changes)
+    cmdline_die (&cl, "--bitmap and --changes are two ways to say what changed: give one");
+  if ((clear_bitmap || connections) && !bitmap)
+    cmdline_die (&cl, "%s goes with --bitmap", clear_bitmap ? "--clear-bitmap" : "--connections");
   create_options_apply (&cl, &o, CO_CLUSTER_SIZE | CO_COMPAT | CO_EXTENDED_L2 |
                         CO_REFCOUNT_BITS | CO_LAZY_REFCOUNTS);
   if (o.extended_l2 && o.version == 2)
@@ -383,6 +545,9 @@ main (int argc, char **argv)
   if (base->kind != SOURCE_RAW && base->kind != SOURCE_QCOW2)
     die (EXIT_TROUBLE, "%s: BASE must be a raw or qcow2 file (it becomes the backing file)",
          argv[optind]);
+  if (bitmap)
+    bitmap_delta (&cl, &o, bitmap, base, argv[optind], argv[optind + 1], argv[optind + 2],
+                  relative, force, clear_bitmap, connections);
   new = source_open (argv[optind + 1], source_flags_for (&cl, cl.format));
   if (!new)
     die_rb ();

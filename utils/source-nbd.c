@@ -22,7 +22,7 @@ struct source_nbd {
 };
 
 /* Record "uri: <libnbd's last error, first line>" with libnbd's errno.  Returns -1. */
-static int
+int
 nbd_failed (const char *uri)
 {
   const char *msg = nbd_get_error ();
@@ -251,13 +251,14 @@ nbdsrc_pread (struct source *s, void *buf, size_t count, uint64_t offset)
 }
 
 struct status_walk {
-  source_extent_fn fn;
+  const char *context;             /* the meta context to read */
+  nbd_status_fn fn;
   void *opaque;
   uint64_t pos, end;               /* next offset expected, end of the request */
   bool stopped;
 };
 
-/* Block status callback: base:allocation entries to extents. */
+/* Block status callback: the walk's context's entries to fn. */
 static int
 status_entries (void *user_data, const char *metacontext, uint64_t offset,
                 uint32_t *entries, size_t nr_entries, int *error)
@@ -266,20 +267,16 @@ status_entries (void *user_data, const char *metacontext, uint64_t offset,
   size_t i;
 
   (void) offset;
-  if (strcmp (metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+  if (strcmp (metacontext, w->context) != 0)
     return 0;
   for (i = 0; i + 1 < nr_entries && w->pos < w->end; i += 2) {
     uint64_t len = entries[i];
-    uint32_t flags = entries[i + 1];
-    int kind = SOURCE_DATA;
 
     if (len == 0)
       break;
     if (len > w->end - w->pos)
       len = w->end - w->pos;
-    if (flags & LIBNBD_STATE_ZERO)
-      kind = SOURCE_ZERO | ((flags & LIBNBD_STATE_HOLE) ? SOURCE_HOLE : 0);
-    if (w->fn (w->opaque, w->pos, len, kind) == -1) {
+    if (w->fn (w->opaque, w->pos, len, entries[i + 1]) == -1) {
       w->stopped = true;
       *error = errno ? errno : EIO;
       return -1;
@@ -289,28 +286,55 @@ status_entries (void *user_data, const char *metacontext, uint64_t offset,
   return 0;
 }
 
+int
+nbd_status_walk (struct nbd_handle *h, const char *name, const char *context,
+                 uint64_t offset, uint64_t count, nbd_status_fn fn, void *opaque)
+{
+  uint64_t end = offset + count;
+
+  while (offset < end) {
+    uint64_t len = end - offset < (1u << 30) ? end - offset : (1u << 30);
+    struct status_walk w = { context, fn, opaque, offset, offset + len, false };
+    nbd_extent_callback cb = { .callback = status_entries, .user_data = &w };
+
+    if (nbd_block_status (h, len, offset, cb, 0) == -1)
+      return w.stopped ? -1 : nbd_failed (name);
+    if (w.pos == offset)
+      return rb_error (EIO, "%s: the server's block status made no progress at offset %"
+                       PRIu64, name, offset);
+    offset = w.pos;
+  }
+  return 0;
+}
+
+struct kinds {
+  source_extent_fn fn;
+  void *opaque;
+};
+
+/* base:allocation flags to extent kinds. */
+static int
+to_kind (void *opaque, uint64_t offset, uint64_t length, uint32_t flags)
+{
+  struct kinds *k = opaque;
+  int kind = SOURCE_DATA;
+
+  if (flags & LIBNBD_STATE_ZERO)
+    kind = SOURCE_ZERO | ((flags & LIBNBD_STATE_HOLE) ? SOURCE_HOLE : 0);
+  return k->fn (k->opaque, offset, length, kind);
+}
+
 /* Extents by block status, one request after the other.  0 / -1. */
 int
 nbdsrc_extents (struct source *s, uint64_t offset, uint64_t count,
                 source_extent_fn fn, void *opaque)
 {
-  uint64_t end = offset + count;
+  struct kinds k = { fn, opaque };
 
   if (!s->nbd->base_allocation)
     return fn (opaque, offset, count, SOURCE_DATA);
-  while (offset < end) {
-    uint64_t len = end - offset < (1u << 30) ? end - offset : (1u << 30);
-    struct status_walk w = { fn, opaque, offset, offset + len, false };
-    nbd_extent_callback cb = { .callback = status_entries, .user_data = &w };
-
-    if (nbd_block_status (s->nbd->h, len, offset, cb, 0) == -1)
-      return w.stopped ? -1 : nbd_failed (s->name);
-    if (w.pos == offset)
-      return rb_error (EIO, "%s: the server's block status made no progress at offset %"
-                       PRIu64, s->name, offset);
-    offset = w.pos;
-  }
-  return 0;
+  return nbd_status_walk (s->nbd->h, s->name, LIBNBD_CONTEXT_BASE_ALLOCATION, offset, count,
+                          to_kind, &k);
 }
 
 /* ---- sinks ---- */

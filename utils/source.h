@@ -138,6 +138,18 @@ int source_file_fd (const struct source *s);
  */
 int source_current_size (struct source *s, uint64_t *size);
 
+/* ---- NBD helpers (rb-delta --bitmap talks to a server's other meta contexts) ---- */
+struct nbd_handle;
+/* Record "name: <libnbd's last error, first line>" with its errno.  Returns -1. */
+int nbd_failed (const char *name);
+/* Block status of meta context `context` over [offset, offset+count), one
+ * request after the other: fn (opaque, offset, length, flags) for each entry,
+ * in order; return -1 from fn to stop.  0 / -1.
+ */
+typedef int (*nbd_status_fn) (void *opaque, uint64_t offset, uint64_t length, uint32_t flags);
+int nbd_status_walk (struct nbd_handle *h, const char *name, const char *context,
+                     uint64_t offset, uint64_t count, nbd_status_fn fn, void *opaque);
+
 /* ---- sinks: an NBD export as an output (rb-convert -O raw onto an export) ----
  * Writes are copied and sent asynchronously with several in flight; errors
  * surface at a later call at the latest at sink_flush / sink_close.
