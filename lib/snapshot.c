@@ -413,6 +413,10 @@ apply_locked (struct rb_image *img, const char *id_or_name)
     return -1;
   if (!(t = txn_begin (img)))
     return -1;
+  /* The guest view may change anywhere: the enabled bitmaps (live since
+   * txn_begin marked them in use) record the whole disk (flush.c invariant 8).
+   */
+  bitmaps_note_write (img, 0, img->size);
   s.l1 = calloc (s.l1_size, 8);
   s.nb_snapshots = img->nb_snapshots;
   s.snapshots_offset = img->snapshots_offset;

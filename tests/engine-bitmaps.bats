@@ -135,3 +135,20 @@ PY
   [ "$(dd if="$T/b.qcow2" bs=65536 skip=$((dir / 65536)) count=1 status=none | md5sum)" = "$before" ]
   qemu-img info "$T/b.qcow2" | grep -q 'corrupt: true'
 }
+
+@test "applying an internal snapshot: enabled bitmaps record the whole disk (the guest view switched), disabled ones stay" {
+  qemu-img create -q -f qcow2 "$T/s.qcow2" 16M
+  qemu-img bitmap --add "$T/s.qcow2" on
+  qemu-img bitmap --add --disable "$T/s.qcow2" off
+  qemu-io -c 'write -P 1 0 1M' "$T/s.qcow2" >/dev/null
+  qemu-img snapshot -c s1 "$T/s.qcow2"
+  qemu-io -c 'write -P 2 0 1M' "$T/s.qcow2" >/dev/null
+  qemu-img bitmap --clear "$T/s.qcow2" on
+  "$top_builddir/utils/rb-snapshot" -a s1 "$T/s.qcow2"
+  qemu_check_clean "$T/s.qcow2"
+  qemu-io -c 'read -P 1 0 1M' "$T/s.qcow2" | grep -q 'read 1048576/1048576'
+  [ "$(bitmap_flags "$T/s.qcow2" on)" = auto ]
+  [ "$(nbdinfo --map=qemu:dirty-bitmap:on -- [ qemu-nbd -r -B on -f qcow2 "$T/s.qcow2" ])" = \
+    "$(printf '%10d %11d %4d  %s' 0 $((16 << 20)) 1 dirty)" ]
+  [ "$(nbdinfo --map=qemu:dirty-bitmap:off -- [ qemu-nbd -r -B off -f qcow2 "$T/s.qcow2" ] | grep -c dirty)" = 0 ]
+}
