@@ -12,17 +12,17 @@
 
 #include "internal.h"
 
-/* Resolve the stored backing name against the overlay's folder.  Returns a
+/* Resolve a backing name as stored in img against img's folder.  Returns a
  * new string or NULL.
  */
-static char *
-resolve_backing (struct rb_image *img)
+char *
+backing_resolve (struct rb_image *img, const char *name)
 {
   char *p;
 
-  if (img->backing_file[0] == '/')
-    return strdup (img->backing_file);
-  if (asprintf (&p, "%s/%s", img->dir, img->backing_file) == -1)
+  if (name[0] == '/')
+    return strdup (name);
+  if (asprintf (&p, "%s/%s", img->dir, name) == -1)
     return NULL;
   return p;
 }
@@ -41,7 +41,7 @@ backing_open (struct rb_image *img, const struct rb_open_opts *opts, struct chai
       strstr (img->backing_file, "://"))
     return rb_error (ENOTSUP, "%s: unsupported backing file name \"%s\" (only local files)",
                      img->path, img->backing_file);
-  path = resolve_backing (img);
+  path = backing_resolve (img, img->backing_file);
   if (!path)
     return rb_error (ENOMEM, "out of memory");
   if (img->backing_format) {

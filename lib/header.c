@@ -67,7 +67,7 @@ validate_table (struct rb_image *img, const char *what, uint64_t offset,
 }
 
 /* Parse the header extensions in buf[start..end).  Returns 0 / -1. */
-static int
+int
 read_extensions (struct rb_image *img, const uint8_t *buf, uint64_t start, uint64_t end)
 {
   uint64_t off = start;

@@ -290,6 +290,22 @@ rb_open (const char *path, const struct rb_open_opts *opts)
   return image_open (path, opts, 0, opts && (opts->flags & RB_OPEN_RAW), &ids);
 }
 
+struct rb_image *
+image_open_below (struct rb_image *img, const char *path, bool force_raw)
+{
+  struct rb_open_opts o = { .flags = RB_OPEN_RDONLY };
+  struct chain_ids ids = { .n = 1 };
+  struct stat st;
+
+  if (fstat (img->fd, &st) == -1) {
+    rb_error_errno (errno, "%s", img->path);
+    return NULL;
+  }
+  ids.dev[0] = st.st_dev;
+  ids.ino[0] = st.st_ino;
+  return image_open (path, &o, img->depth + 1, force_raw, &ids);
+}
+
 static void
 image_free (struct rb_image *img)
 {

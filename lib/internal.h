@@ -99,6 +99,8 @@ int header_read (struct rb_image *img);
 int header_write (struct rb_image *img);           /* rewrite header cluster fields */
 int header_update_features (struct rb_image *img); /* write the three feature words */
 int snapshots_read (struct rb_image *img);
+/* Parse (append to img->exts) the extensions in header cluster buf[start..end). */
+int read_extensions (struct rb_image *img, const uint8_t *buf, uint64_t start, uint64_t end);
 void header_free (struct rb_image *img);
 
 /* ---- refcount.c ---- */
@@ -196,11 +198,16 @@ void release_unused (struct rb_image *img, uint64_t host, uint64_t nr);
 struct chain_ids;
 struct rb_image *image_open (const char *path, const struct rb_open_opts *opts,
                              unsigned depth, bool force_raw, struct chain_ids *ids);
+/* Open path (raw if force_raw) read-only with its chain as a backing file
+ * of img; a chain that leads back to img is refused.  NULL on error.
+ */
+struct rb_image *image_open_below (struct rb_image *img, const char *path, bool force_raw);
 
 /* ---- backing.c ---- */
 int backing_open (struct rb_image *img, const struct rb_open_opts *opts, struct chain_ids *ids);
 int backing_read (struct rb_image *img, void *buf, uint64_t count, uint64_t offset);
 void backing_close (struct rb_image *img);
+char *backing_resolve (struct rb_image *img, const char *name);
 
 /* ---- flush.c ---- */
 int flush_metadata (struct rb_image *img);   /* under meta_lock */
@@ -228,6 +235,7 @@ struct txn_state {              /* what the header points at after the switch */
   struct snapshot *snapshots;   /* img->snapshots when unchanged; else owned once switched */
 };
 struct txn *txn_begin (struct rb_image *img);
+int flush_and_free (struct rb_image *img);
 struct rb_image *txn_image (struct txn *t);
 int txn_ref (struct txn *t, uint64_t cluster_index, int64_t delta);
 int txn_ref_entry (struct txn *t, uint64_t l2_entry, int64_t delta);
@@ -251,10 +259,6 @@ int txn_garbage_l1 (struct txn *t, uint64_t offset, uint32_t l1_size);
 int txn_new_active_l1 (struct txn *t, struct txn_state *s);
 int txn_lock (struct rb_image *img);
 void txn_unlock (struct rb_image *img);
-
-/* ---- resize.c ---- */
-/* Cut the file after the last cluster in use (refcounts durable).  Under meta_lock. */
-int truncate_unused (struct rb_image *img);
 
 /* ---- overlap.c ---- */
 enum overlap_kind { OV_DATA, OV_L2, OV_L1, OV_REFBLOCK, OV_REFTABLE };

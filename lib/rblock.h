@@ -236,6 +236,27 @@ int rb_snapshot_delete (struct rb_image *img, const char *id_or_name);
 /* Change the virtual size (a multiple of 512), as qemu-img resize. */
 int rb_resize (struct rb_image *img, uint64_t new_size, unsigned flags);
 
+/* ---- commit and rebase (lib/chain.c, lib/rebase.c) ---- */
+/* Progress: bytes done out of total (called from the calling thread). */
+typedef void (*rb_progress_fn) (void *opaque, uint64_t done, uint64_t total);
+
+#define RB_COMMIT_KEEP 0x1         /* leave TOP as it is (qemu-img commit -d) */
+/* Write what top holds above base (a file in top's backing chain; NULL: its
+ * backing file) into base, qcow2 or raw, growing a smaller base; then empty
+ * top unless RB_COMMIT_KEEP (implied when base is deeper, as qemu-img -b).
+ */
+int rb_commit (struct rb_image *top, const char *base, unsigned flags,
+               rb_progress_fn fn, void *opaque);
+
+#define RB_REBASE_UNSAFE 0x1       /* only change the name and format (qemu-img rebase -u) */
+/* Make `backing` img's backing file (stored as given; a relative name is
+ * relative to img's folder; NULL or "" = none) with format "raw" or "qcow2"
+ * (NULL: probed, then recorded).  Safe mode first copies into img every range
+ * the old and the new backing file show differently, so the guest view stays.
+ */
+int rb_rebase (struct rb_image *img, const char *backing, const char *format, unsigned flags,
+               rb_progress_fn fn, void *opaque);
+
 /* ---- check ---- */
 struct rb_check_result {
   uint64_t corruptions;

@@ -7,7 +7,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "internal.h"
 
@@ -20,8 +19,8 @@
  * As QEMU: growing an image whose backing file is larger than the old size
  * zeroes the new area (else the backing file would show through); the L1
  * table keeps its size when shrinking; clusters past the new end lose the
- * active image's reference (internal snapshots keep theirs), and the file
- * is cut after the last cluster still in use.
+ * active image's reference (internal snapshots keep theirs); the close cuts
+ * the file after the last cluster still in use.
  */
 
 #define ALL_ZERO_BITS 0xffffffff00000000ULL   /* extended L2: every subcluster zero */
@@ -204,29 +203,6 @@ shrink_locked (struct rb_image *img, uint64_t new_size)
   return txn_fail (t, &s, 0);
 }
 
-/* Cut the file after the last cluster with a refcount (after a commit that
- * freed clusters: every refcount is durable).  Under meta_lock.
- */
-int
-truncate_unused (struct rb_image *img)
-{
-  uint64_t c = DIV_ROUND_UP (img->file_size, img->cluster_size), rc = 0;
-
-  while (c > 1) {
-    if (refcount_get (img, c - 1, &rc) == -1)
-      return -1;
-    if (rc)
-      break;
-    c--;
-  }
-  if ((c << img->cluster_bits) >= img->file_size)
-    return 0;
-  if (ftruncate (img->fd, c << img->cluster_bits) == -1)
-    return rb_error_errno (errno, "%s: truncate", img->path);
-  img->file_size = c << img->cluster_bits;
-  return 0;
-}
-
 /* The refusals qemu-img resize makes, before anything is written. */
 static int
 check_resize (struct rb_image *img, uint64_t new_size, unsigned flags)
@@ -290,11 +266,8 @@ rb_resize (struct rb_image *img, uint64_t new_size, unsigned flags)
   }
   if (new_size > img->size)
     r = grow_locked (img, new_size, zero, tail);
-  else {
-    r = shrink_locked (img, new_size);
-    if (r == 0)
-      r = truncate_unused (img);
-  }
+  else
+    r = shrink_locked (img, new_size);      /* rb_close cuts the freed tail off */
   txn_unlock (img);
   return r;
 }

@@ -79,6 +79,18 @@ txn_free (struct txn *t)
   free (t);
 }
 
+/* Write back what is dirty, then drop the refcounts of the queued frees
+ * (their pointers are durable now, invariant 4) and write those too.  With
+ * io_lock held exclusively and meta_lock held.  Returns 0 / -1.
+ */
+int
+flush_and_free (struct rb_image *img)
+{
+  if (flush_metadata (img) == -1)
+    return -1;
+  return release_deferred_frees (img);
+}
+
 /* Start a transaction on img: io_lock held exclusively and meta_lock held
  * by the caller.  Everything pending is written and freed first, so the
  * cached metadata equals the file.  Returns the transaction or NULL.
@@ -88,8 +100,7 @@ txn_begin (struct rb_image *img)
 {
   struct txn *t;
 
-  if (prepare_first_write (img) == -1 || flush_metadata (img) == -1 ||
-      release_deferred_frees (img) == -1)
+  if (prepare_first_write (img) == -1 || flush_and_free (img) == -1)
     return NULL;
   t = calloc (1, sizeof *t);
   if (!t) {
@@ -486,9 +497,7 @@ txn_commit (struct txn *t, struct txn_state *s, bool *switched)
   for (i = 0; r == 0 && i < t->nr_garbage; i++)
     r = free_clusters_deferred (img, t->garbage[i].host_offset, t->garbage[i].nr);
   if (r == 0)
-    r = flush_metadata (img);
-  if (r == 0)
-    r = release_deferred_frees (img);
+    r = flush_and_free (img);
   free (table);
   txn_free (t);
   return r;

@@ -35,15 +35,17 @@ while pos < size:
 print(h.hexdigest())' "$1"
 }
 
-# state_sig IMG: one line per fact a user sees: virtual size, the snapshots (id,
-# name) and a checksum of the guest view and of each snapshot's view.
+# state_sig IMG: one line per fact a user sees: virtual size, backing file and
+# format, the snapshots (id, name) and a checksum of the guest view and of each
+# snapshot's view.
 state_sig () {
   local img=$1 raw="$BATS_TEST_TMPDIR/sig.raw" id
   qemu-img info -U --output=json "$img" |
-    jq -c '[.["virtual-size"], [.snapshots[]? | [.id, .name]]]'
-  qemu-img convert -U -O raw "$img" "$raw" && sparse_sum "$raw"
+    jq -c '[.["virtual-size"], .["backing-filename"], .["backing-filename-format"],
+            [.snapshots[]? | [.id, .name]]]'
+  qemu-img convert -U -O raw "$img" "$raw" 2>&1 && sparse_sum "$raw" 2>&1
   for id in $(qemu-img info -U --output=json "$img" | jq -r '.snapshots[]?.id'); do
-    qemu-img convert -U -l "snapshot.id=$id" -O raw "$img" "$raw" && echo "$id $(sparse_sum "$raw")"
+    qemu-img convert -U -l "snapshot.id=$id" -O raw "$img" "$raw" 2>&1 && echo "$id $(sparse_sum "$raw" 2>&1)"
   done
   rm -f "$raw"
 }
@@ -73,7 +75,7 @@ crash_loop () {
   ! cmp -s "$T/sig.old" "$T/sig.new" || { echo "the command changed nothing"; return 1; }
   check_ok "$img"
   cp "$img" "$T/crash.done"
-  [ "$total" -gt 2 ] || { echo "only $total writes"; return 1; }
+  [ "$total" -ge 1 ] || { echo "no writes"; return 1; }
   for n in $(seq 1 "$total"); do
     for torn in "" 1; do
       cp "$T/crash.orig" "$img"

@@ -184,6 +184,13 @@ progress_update (struct progress *p, uint64_t done)
 }
 
 void
+progress_cb (void *opaque, uint64_t done, uint64_t total)
+{
+  (void) total;
+  progress_update (opaque, done);
+}
+
+void
 progress_end (struct progress *p)
 {
   if (p->fd >= 0) {

@@ -45,6 +45,8 @@ int progress_set_fd (const char *arg);
 void progress_init (struct progress *p, bool wanted, uint64_t total);
 void progress_update (struct progress *p, uint64_t done);
 void progress_end (struct progress *p);
+/* An rb_progress_fn (rblock.h) updating the struct progress opaque points at. */
+void progress_cb (void *opaque, uint64_t done, uint64_t total);
 
 /* A new output file made safely: created under a temporary name in the
  * output's folder and renamed over OUTPUT only at the end; removed on

@@ -1,0 +1,260 @@
+/* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
+ * Backing chains changed in place: commit an image into its backing file, rebase it onto another.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "map.h"
+
+/* Both keep the top image's guest view unchanged while they run, so a crash
+ * at any point leaves a usable chain:
+ * - commit writes the data TOP holds (above BASE) into BASE with the
+ *   ordinary guest write path of BASE, syncs, and only then empties TOP
+ *   (its L1 entries cleared and written before anything is freed,
+ *   invariant 4): TOP over BASE shows the same disk throughout;
+ * - rebase copies into IMAGE, with IMAGE's own write path, every range the
+ *   old and the new backing file show differently, syncs, and then switches
+ *   the backing name and format in one atomic header write (rebase.c).
+ */
+
+#define CHUNK (4u << 20)
+
+enum alloc_state { NOT_ALLOCATED, ALLOC_DATA, ALLOC_ZERO };
+
+/* Is [off, off+len) allocated in an image between top (included) and base
+ * (excluded)?  *n is the length of the run that answers the same way.  Past
+ * the end of an image below top, top's view reads zeros.
+ */
+static int
+alloc_above (struct rb_image *top, struct rb_image *base, uint64_t off, uint64_t len,
+             uint64_t *n, enum alloc_state *st)
+{
+  struct rb_image *i;
+  struct run r;
+  int ret;
+
+  for (i = top; i != base; i = i->backing) {
+    if (i != top && off >= i->size) {
+      *n = len;
+      *st = ALLOC_ZERO;
+      return 0;
+    }
+    len = MIN (len, i->size - off);
+    if (i->is_raw) {
+      *n = len;
+      *st = ALLOC_DATA;
+      return 0;
+    }
+    pthread_mutex_lock (&i->meta_lock);
+    ret = map_run (i, off, len, &r);
+    pthread_mutex_unlock (&i->meta_lock);
+    if (ret == -1)
+      return -1;
+    if (r.kind != RUN_UNALLOC) {
+      *n = r.length;
+      *st = r.kind == RUN_ZERO ? ALLOC_ZERO : ALLOC_DATA;
+      return 0;
+    }
+    len = r.length;
+  }
+  *n = len;
+  *st = NOT_ALLOCATED;
+  return 0;
+}
+
+/* Give chain member b (never written otherwise) write access, as a writer
+ * with QEMU's locks.  Returns 0 / -1 (then b stays read-only).
+ */
+static int
+make_writable (struct rb_image *b)
+{
+  if (!b->is_raw && (b->incompatible_features & QCOW_INCOMPAT_CORRUPT))
+    return rb_error (EIO, "%s: the base image is marked corrupt; repair it first", b->path);
+  b->ro_reason = NULL;
+  return rb_make_writable (b);
+}
+
+/* Zero [off, off+len) of base: zero clusters (or unallocated) in a qcow2
+ * base, a punched hole (or written zeros) in a raw one.
+ */
+static int
+base_zero (struct rb_image *base, uint64_t off, uint64_t len, uint8_t *zbuf)
+{
+  if (!base->is_raw)
+    return rb_zero (base, len, off, RB_MAY_TRIM);
+  if (fallocate (base->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) == 0)
+    return 0;
+  while (len > 0) {
+    uint64_t n = MIN (len, CHUNK);
+    memset (zbuf, 0, n);
+    if (full_pwrite (base->fd, zbuf, n, off, IO_DATA_WRITE) == -1)
+      return -1;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* Write len bytes of data at off into base. */
+static int
+base_write (struct rb_image *base, const void *buf, uint64_t off, uint64_t len)
+{
+  if (!base->is_raw)
+    return rb_pwrite (base, buf, len, off, 0);
+  return full_pwrite (base->fd, buf, len, off, IO_DATA_WRITE);
+}
+
+/* Grow base to size bytes (a raw file is extended, a qcow2 image resized). */
+static int
+base_grow (struct rb_image *base, uint64_t size)
+{
+  if (!base->is_raw)
+    return rb_resize (base, size, 0);
+  if (ftruncate (base->fd, size) == -1)
+    return rb_error_errno (errno, "%s: cannot grow to %" PRIu64 " bytes", base->path, size);
+  base->size = base->file_size = size;
+  return 0;
+}
+
+/* Copy top's view of every range allocated above base into base. */
+static int
+copy_into_base (struct rb_image *top, struct rb_image *base, rb_progress_fn fn, void *opaque)
+{
+  CLEANUP_FREE uint8_t *buf = aligned_alloc (4096, CHUNK);
+  uint64_t off = 0, n;
+  enum alloc_state st;
+
+  if (!buf)
+    return rb_error (ENOMEM, "out of memory");
+  while (off < top->size) {
+    if (alloc_above (top, base, off, MIN (CHUNK, top->size - off), &n, &st) == -1)
+      return -1;
+    if (st == ALLOC_DATA) {
+      if (rb_pread (top, buf, n, off) == -1)
+        return -1;
+      if (is_zero (buf, n) ? base_zero (base, off, n, buf) == -1
+          : base_write (base, buf, off, n) == -1)
+        return -1;
+    }
+    else if (st == ALLOC_ZERO && base_zero (base, off, n, buf) == -1)
+      return -1;
+    off += n;
+    if (fn)
+      fn (opaque, off, top->size);
+  }
+  if (base->is_raw)
+    return file_sync (base->fd, IO_FLUSH);
+  /* Twice, as rb_close: the second writes the refcounts the first released
+   * (nothing closes a backing image with a flush).
+   */
+  if (rb_flush (base) == -1)
+    return -1;
+  return rb_flush (base);
+}
+
+/* Drop every cluster of img's active L1 (qemu-img commit empties the top
+ * image so): the L1 entries are cleared and written, then the tables and
+ * data lose the active image's reference (internal snapshots keep theirs);
+ * the close cuts the file after the last cluster in use.
+ */
+static int
+empty_image (struct rb_image *img)
+{
+  CLEANUP_FREE uint8_t *buf = malloc (img->cluster_size);
+  uint64_t i, j, off;
+  int r = 0;
+
+  if (!buf)
+    return rb_error (ENOMEM, "out of memory");
+  if (txn_lock (img) == -1)
+    return -1;
+  if (prepare_first_write (img) == -1 || flush_metadata (img) == -1) {
+    txn_unlock (img);
+    return -1;
+  }
+  for (i = 0; r == 0 && i < img->l1_size; i++) {
+    uint8_t *t;
+    if ((r = l1_get_l2_offset (img, i, &off)) == -1 || off == 0)
+      continue;
+    if (!(t = cache_get (img->l2_cache, off, false))) {
+      r = -1;
+      break;
+    }
+    memcpy (buf, t, img->cluster_size);
+    cache_put (img->l2_cache, off);
+    for (j = 0; r == 0 && j < img->l2_entries; j++) {
+      uint64_t e = get_be64 (buf + j * img->l2_entry_size);
+      struct l2_info info;
+      if ((r = l2_decode (img, e, &info)) == -1)
+        break;
+      if (info.kind == L2_COMPRESSED)
+        r = free_compressed_deferred (img, e);
+      else if (info.host_offset)
+        r = free_clusters_deferred (img, info.host_offset, 1);
+    }
+    if (r == 0)
+      r = free_clusters_deferred (img, off, 1);
+    if (r == 0)
+      r = l1_set_entry (img, i, 0);
+  }
+  /* Invariant 4: the cleared L1 is durable before any refcount drops. */
+  if (r == 0)
+    r = flush_and_free (img);
+  txn_unlock (img);
+  return r;
+}
+
+/* The chain member below top that is the file at path, or NULL. */
+static struct rb_image *
+find_in_chain (struct rb_image *top, const char *path)
+{
+  struct stat want, st;
+  struct rb_image *b;
+
+  if (stat (path, &want) == -1) {
+    rb_error_errno (errno, "%s", path);
+    return NULL;
+  }
+  for (b = top->backing; b; b = b->backing)
+    if (fstat (b->fd, &st) == 0 && st.st_dev == want.st_dev && st.st_ino == want.st_ino)
+      return b;
+  rb_error (EINVAL, "%s is not in the backing chain of %s", path, top->path);
+  return NULL;
+}
+
+int
+rb_commit (struct rb_image *top, const char *base_path, unsigned flags,
+           rb_progress_fn fn, void *opaque)
+{
+  struct rb_image *base;
+
+  if (top->is_raw || top->readonly)
+    return rb_error (EROFS, "%s: the image to commit must be a qcow2 image open for writing",
+                     top->path);
+  if (!top->backing)
+    return rb_error (EINVAL, "%s: the image has no backing file%s", top->path,
+                     top->backing_file ? " open" : "");
+  base = base_path ? find_in_chain (top, base_path) : top->backing;
+  if (!base)
+    return -1;
+  /* As qemu-img: committing past the direct backing file keeps TOP (-b implies -d). */
+  if (base != top->backing)
+    flags |= RB_COMMIT_KEEP;
+  if (make_writable (base) == -1)
+    return -1;
+  if (base->size < top->size && base_grow (base, top->size) == -1)
+    return -1;
+  if (copy_into_base (top, base, fn, opaque) == -1)
+    return -1;
+  if (flags & RB_COMMIT_KEEP)
+    return 0;
+  return empty_image (top);
+}
