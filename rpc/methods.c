@@ -257,6 +257,25 @@ ext_name (uint32_t type)
   }
 }
 
+/* One internal snapshot, as info and snapshots show it. */
+static json_object *
+snapshot_object (const struct rb_snapshot_info *sn, struct rpc_error *err)
+{
+  json_object *e = json_object_new_object ();
+
+  add (err, e, "id", rpc_string (sn->id));
+  add (err, e, "name", rpc_string (sn->name));
+  add (err, e, "vm_state_size", j_u64 (sn->vm_state_size));
+  add (err, e, "date_sec", j_u64 (sn->date_sec));
+  add (err, e, "date_nsec", j_u64 (sn->date_nsec));
+  add (err, e, "vm_clock_nsec", j_u64 (sn->vm_clock_nsec));
+  if (sn->disk_size)
+    add (err, e, "disk_size", j_u64 (sn->disk_size));
+  if (sn->icount != UINT64_MAX)
+    add (err, e, "icount", j_u64 (sn->icount));
+  return e;
+}
+
 static json_object *
 method_info (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
 {
@@ -320,16 +339,8 @@ method_info (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   }
   add (err, r, "backing_chain", a);
   a = json_object_new_array ();
-  for (i = 0; i < in->nr_snapshots; i++) {
-    json_object *e = json_object_new_object ();
-    add (err, e, "id", rpc_string (in->snapshots[i].id));
-    add (err, e, "name", rpc_string (in->snapshots[i].name));
-    add (err, e, "vm_state_size", j_u64 (in->snapshots[i].vm_state_size));
-    add (err, e, "date_sec", j_u64 (in->snapshots[i].date_sec));
-    add (err, e, "date_nsec", j_u64 (in->snapshots[i].date_nsec));
-    add (err, e, "vm_clock_nsec", j_u64 (in->snapshots[i].vm_clock_nsec));
-    push (err, a, e);
-  }
+  for (i = 0; i < in->nr_snapshots; i++)
+    push (err, a, snapshot_object (&in->snapshots[i], err));
   add (err, r, "snapshots", a);
   free (in);
   return done (err, r);
@@ -690,6 +701,76 @@ method_flush (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   return done (err, json_object_new_boolean (1));
 }
 
+/* ---- internal snapshots and resize (issue 19) ---- */
+
+/* Every internal snapshot (info lists at most 64). */
+static json_object *
+method_snapshots (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { NULL };
+  struct rb_snapshot_info *v;
+  json_object *a;
+  int n, i;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  if ((n = rb_snapshot_list (ctx->img, &v)) == -1)
+    return engine_error (err);
+  a = json_object_new_array ();
+  for (i = 0; i < n; i++)
+    push (err, a, snapshot_object (&v[i], err));
+  free (v);
+  return done (err, a);
+}
+
+/* Take snapshot "name" of the served disk: a consistent point between
+ * guest requests (the engine holds them off while it runs).  Returns it.
+ */
+static json_object *
+method_snapshot_create (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "name", NULL };
+  struct rb_snapshot_info *v;
+  json_object *name, *r = NULL;
+  int n, i;
+
+  if (only_params (params, names, err) == -1)
+    return NULL;
+  if (!params || !json_object_object_get_ex (params, "name", &name))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: missing \"%s\"", "name");
+  if (!json_object_is_type (name, json_type_string))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be a string", "name");
+  if (rb_snapshot_create (ctx->img, json_object_get_string (name)) == -1 ||
+      (n = rb_snapshot_list (ctx->img, &v)) == -1)
+    return engine_error (err);
+  for (i = n - 1; i >= 0 && !r; i--)
+    if (strcmp (v[i].name, json_object_get_string (name)) == 0)
+      r = snapshot_object (&v[i], err);
+  free (v);
+  return done (err, r);
+}
+
+/* Change the virtual size (a smaller one only with "shrink": true). */
+static json_object *
+method_resize (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
+{
+  static const char *const names[] = { "size", "shrink", NULL };
+  json_object *shrink = NULL, *r;
+  uint64_t size;
+
+  if (only_params (params, names, err) == -1 ||
+      get_u64 (params, "size", true, 0, &size, err) == -1)
+    return NULL;
+  if (json_object_object_get_ex (params, "shrink", &shrink) &&
+      !json_object_is_type (shrink, json_type_boolean))
+    return fail (err, RPC_INVALID_PARAMS, "Invalid params: \"%s\" must be true or false", "shrink");
+  if (rb_resize (ctx->img, size, shrink && json_object_get_boolean (shrink) ? RB_RESIZE_SHRINK : 0) == -1)
+    return engine_error (err);
+  r = json_object_new_object ();
+  add (err, r, "size", j_u64 (rb_get_size (ctx->img)));
+  return done (err, r);
+}
+
 /* ---- persistent dirty bitmaps ---- */
 
 static json_object *
@@ -817,6 +898,11 @@ const struct rpc_method rpc_methods[] = {
     "dirty/clean runs of a bitmap (live while served)" },
   { "write", method_write, true, "offset, data (base64), [fua]", "write guest bytes (writable only)" },
   { "flush", method_flush, true, "", "make every write durable (writable only)" },
+  { "snapshots", method_snapshots, false, "", "every internal snapshot: id, name, date, sizes" },
+  { "snapshot_create", method_snapshot_create, true, "name",
+    "take an internal snapshot of the served disk (writable only)" },
+  { "resize", method_resize, true, "size, [shrink]",
+    "change the virtual size; smaller only with shrink: true (writable only)" },
   { "auth", method_auth, false, "token", "authenticate the connection (servers with a token file)" },
   { NULL, NULL, false, NULL, NULL },
 };
