@@ -33,7 +33,7 @@ apt_get () {
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q "$@"
 }
 
-@test "dpkg-buildpackage -b: nbdkit-plugin-rblock (plugin in nbdkit's plugindir, its man page) and rblock-tools (every program, man page and completion)" {
+@test "dpkg-buildpackage -b: nbdkit-plugin-rblock (plugin in nbdkit's plugindir, its man page) and rblock-tools (every program, man page and completion), configure.ac's version" {
   local plugindir progs p deps
   plugindir=$(pkg-config --variable=plugindir nbdkit)
   ls "$W"/nbdkit-plugin-rblock_*.deb "$W"/rblock-tools_*.deb
@@ -51,6 +51,9 @@ apt_get () {
   done
   echo "rblock-tools: $(echo $progs)"
   grep -qx './usr/bin/rb-rpc' "$W/tools.list"
+  # One version: debian/changelog's is configure.ac's.
+  [ "$(dpkg-deb -f "$W"/rblock-tools_*.deb Version)" = \
+    "$(sed -n 's/^AC_INIT(\[rblock\], \[\([^]]*\)\].*/\1/p' "$SRC/configure.ac")" ]
   # Dependencies computed by dpkg-shlibdeps (${shlibs:Depends}), plus nbdkit for the plugin.
   deps=$(dpkg-deb -f "$W"/rblock-tools_*.deb Depends)
   echo "rblock-tools Depends: $deps"

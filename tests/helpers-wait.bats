@@ -51,3 +51,14 @@ setup () {
   [ "$status" -eq 1 ]
   [[ ${lines[0]} == "the chatty one ran past 3 s"* ]]
 }
+
+@test "run-bats bounds every test: one that hangs fails as a timeout (BATS_TEST_TIMEOUT) and the suite goes on" {
+  printf '@test "hangs" {\n  sleep 600\n}\n@test "after it" {\n  true\n}\n' > "$T/hang.bats"
+  run env -i PATH=/usr/bin:/bin BATS_TEST_TIMEOUT=2 "$top_srcdir/tests/run-bats" "$T/hang.bats"
+  echo "$output"
+  [ "$status" -ne 0 ]
+  [[ ${lines[1]} == "not ok 1 hangs # timeout after 2s" ]]
+  [[ $output == *"ok 2 after it"* ]]
+  # The default is there when nothing is set.
+  grep -q 'BATS_TEST_TIMEOUT=${BATS_TEST_TIMEOUT:-1200}' "$top_srcdir/tests/run-bats"
+}

@@ -41,8 +41,9 @@ serve_tcp () {
 
 # boot SCENARIO [qemu args]: boot the guest, serial console in $T/serial.log.  The guest runs
 # under TCG (no KVM), so on a loaded machine a boot may take minutes: it may run as long as
-# the serial log keeps growing (kernel messages, a line per guest step), RB_VM_IDLE seconds at most
-# without a new line, RB_VM_CAP in all; then its last lines are shown.
+# the serial log keeps growing (kernel messages, a line per guest step), RB_VM_IDLE (300) s at
+# most without a new line, RB_VM_CAP (1080) s in all, within run-bats' 1200 s a test; then
+# its last lines are shown.
 boot () {
   local scenario=$1 qpid rc msg; shift
   qemu-system-x86_64 -m 256 -smp 1 -nographic -no-reboot \
@@ -50,7 +51,7 @@ boot () {
     -append "console=ttyS0 panic=-1 rb.scenario=$scenario rb.port=${PORT:-0}" \
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0 "$@" > "$T/serial.log" 2>&1 &
   qpid=$!
-  if ! msg=$(wait_progress "$qpid" "$T/serial.log" "${RB_VM_IDLE:-300}" "${RB_VM_CAP:-1800}" \
+  if ! msg=$(wait_progress "$qpid" "$T/serial.log" "${RB_VM_IDLE:-300}" "${RB_VM_CAP:-1080}" \
                "the guest ($scenario)"); then
     echo "$msg"
     kill -9 "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null
