@@ -166,7 +166,7 @@ twin_commit () {
   mkfifo "$T/fifo"
   qemu-io "$T/base.qcow2" < "$T/fifo" >/dev/null & pid=$!
   exec {w}>"$T/fifo"
-  for i in $(seq 200); do ! qemu-img info "$T/base.qcow2" >/dev/null 2>&1 && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "qemu-io to hold base.qcow2" eval '! qemu-img info "$T/base.qcow2" >/dev/null 2>&1'
   run "$RBC" "$T/top.qcow2"
   exec {w}>&-
   wait $pid

@@ -185,7 +185,7 @@ rpc () {
   qemu-io -c 'write -P 2 0 64k' "$D/b.qcow2" > /dev/null
   cp "$D/b.qcow2" "$T/b.copy"
   start_nbdkit "$RBLOCK_SO" dir="$D" rpc="unix:$T/rpc.sock" rpc-writable=true
-  for i in $(seq 100); do [ -S "$T/rpc.sock" ] && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "the RPC socket" test -S "$T/rpc.sock"
   read='{"method":"read","params":{"offset":0,"length":4},"id":9,"export":"@"}'
   [ "$(rpc "${read/@/a.qcow2}" | jq -r .result.data | base64 -d | od -An -tx1 | tr -d ' ')" = 01010101 ]
   [ "$(rpc "${read/@/b.qcow2}" | jq -r .result.data | base64 -d | od -An -tx1 | tr -d ' ')" = 02020202 ]

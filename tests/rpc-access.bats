@@ -60,12 +60,12 @@ free_port () {
   # Loopback by name or number needs nothing.
   "$RB_RPC" -l "tcp:localhost:$port" "$IMG" 2>"$T/rpc.err" &
   RPID=$!
-  for i in $(seq 100); do nc -z 127.0.0.1 "$port" 2>/dev/null && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "rb-rpc on port $port" eval 'nc -z 127.0.0.1 "$port" 2>/dev/null'
   [ "$(echo '{"method":"get_version","id":42}' | nc -N 127.0.0.1 "$port" | jq .id)" = 42 ]
   kill "$RPID"; wait "$RPID" || true; RPID=
   "$RB_RPC" -l "tcp:0.0.0.0:$port" --listen-any "$IMG" 2>"$T/rpc.err" &
   RPID=$!
-  for i in $(seq 100); do nc -z 127.0.0.1 "$port" 2>/dev/null && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "rb-rpc on port $port" eval 'nc -z 127.0.0.1 "$port" 2>/dev/null'
   [ "$(echo '{"method":"get_version","id":43}' | nc -N 127.0.0.1 "$port" | jq .id)" = 43 ]
 }
 

@@ -20,7 +20,7 @@ teardown () {
   for p in "${CLIENTS[@]}"; do kill "$p" 2>/dev/null; done
   if [ -n "${RPID:-}" ]; then
     kill "$RPID" 2>/dev/null
-    for i in $(seq 100); do kill -0 "$RPID" 2>/dev/null || break; sleep 0.1; done
+    wait_until "$RB_WAIT" "rb-rpc to exit" process_gone "$RPID" || true
     kill -9 "$RPID" 2>/dev/null
     wait "$RPID" 2>/dev/null
   fi
@@ -65,11 +65,8 @@ flood () {
     [ "$out" = 4194304 ] && break
   done
   [ "$out" = 4194304 ]
-  for i in $(seq 100); do
-    closed=$(grep -l closed "$T"/flood.* | wc -l)
-    [ "$closed" -ge 2 ] && break
-    sleep 0.1
-  done
+  wait_until "$RB_WAIT" "two flooding connections closed" \
+    eval 'closed=$(grep -l closed "$T"/flood.* | wc -l); [ "$closed" -ge 2 ]' || true
   echo "# $closed of 4 flooding connections closed to stay near 8 MiB; rb-rpc VmRSS $(vmrss "$RPID") KiB" >&3
   [ "$closed" -ge 2 ]
   [ "$(vmrss "$RPID")" -lt $((100 * 1024)) ]
@@ -96,7 +93,7 @@ flood () {
   # The reply starts while the batch is still being answered: the server is in it.
   wait_for_line "$T/batch.out" "first byte"
   kill -TERM "$RPID"
-  for i in $(seq 100); do kill -0 "$RPID" 2>/dev/null || break; sleep 0.1; done
+  wait_until "$RB_WAIT" "rb-rpc to exit on SIGTERM" process_gone "$RPID" || true
   ! kill -0 "$RPID" 2>/dev/null
   wait "$RPID"
   RPID=
@@ -115,11 +112,8 @@ idle_client () {
   start_rpc --max-connections 3
   idle_client; idle_client; idle_client
   # Bounded: once the idle ones are past the 1 s grace, a new client is served.
-  for i in $(seq 100); do
-    out=$(rpc '{"method":"get_version","id":5}')
-    [[ "$out" == *'"id":5'* ]] && break
-    sleep 0.1
-  done
+  wait_until "$RB_WAIT" "a new client to be served" \
+    eval 'out=$(rpc '"'"'{"method":"get_version","id":5}'"'"'); [[ "$out" == *'"'"'"id":5'"'"'* ]]' || true
   [ "$(echo "$out" | jq .id)" = 5 ]
   [ "$(echo "$out" | jq -r .result.name)" = rblock ]
   wait_for_line "$T/idle.0" closed

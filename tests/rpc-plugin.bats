@@ -70,7 +70,7 @@ teardown () {
   touch "$T/arm"
   rpc '{"method":"check","id":1}' >"$T/check.out" &
   CLIENTS+=($!)
-  for i in $(seq 300); do [ -e "$T/paused" ] && break; sleep 0.1; done
+  wait_until "$RB_WAIT" "the check to pause" test -e "$T/paused"
   [ -e "$T/paused" ]
   # The check is in the middle of its walk: NBD reads and an allocating write go on.
   run timeout 30 env PATH="/usr/bin:$PATH" nbdsh -u "$URI" -c '
@@ -143,7 +143,7 @@ for i in range(400):
   grep -q "rpc: tcp:0.0.0.0:$port: 0.0.0.0 is not a loopback address" "$T/nbdkit.err"
   printf 'tok-%s\n' "$RANDOM$RANDOM" >"$T/token"
   start_rblock "$IMG" rpc="tcp:0.0.0.0:$port" rpc-listen-any=true rpc-token-file="$T/token"
-  for i in $(seq 100); do nc -z 127.0.0.1 "$port" 2>/dev/null && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "the RPC listener on port $port" eval 'nc -z 127.0.0.1 "$port" 2>/dev/null'
   [ "$(echo '{"method":"get_version","id":42}' | nc -N 127.0.0.1 "$port" | jq .error.code)" = -32001 ]
   [ "$(echo '{"method":"get_version","token":"'"$(cat "$T/token")"'","id":42}' | nc -N 127.0.0.1 "$port" | jq -r .result.name)" = rblock ]
 }

@@ -96,7 +96,7 @@ twin_run () {
   mkfifo "$T/fifo"
   qemu-io "$T/a.qcow2" < "$T/fifo" >/dev/null & pid=$!
   exec {w}>"$T/fifo"
-  for i in $(seq 200); do ! qemu-img info "$T/a.qcow2" >/dev/null 2>&1 && break; sleep 0.05; done
+  wait_until "$RB_WAIT" "qemu-io to hold a.qcow2" eval '! qemu-img info "$T/a.qcow2" >/dev/null 2>&1'
   run "$RBS" -l "$T/a.qcow2"
   [ "$status" -eq 1 ]
   run "$RBS" -l -U "$T/a.qcow2"
