@@ -134,12 +134,12 @@ fresh () {
   fresh x2m 32M cluster_size=2M,extended_l2=on 500
 }
 
-@test "issue 13's pattern over NBD: 64 pairs of zero(512, k*64K) and pwrite(k*64K+1024) in flight, 500 rounds, extended L2" {
+@test "issue 13's pattern over NBD: 64 pairs of zero(512, k*64K) and pwrite(k*64K+1024) in flight, 1000 rounds, extended L2" {
   new_image p 8M cluster_size=64k,extended_l2=on
   qemu-img convert -U -O raw "$T/p.qcow2" "$T/p.start"
   start_rblock "$T/p.qcow2"
   # shellcheck disable=SC2046
-  drive p pairs "$URI" --rounds "$(scaled 500)" $(geometry "$T/p.qcow2")
+  drive p pairs "$URI" --rounds "$(scaled 1000)" $(geometry "$T/p.qcow2")
   stop_rblock
   judge p
 }
@@ -175,6 +175,13 @@ fresh () {
     qemu-img convert -l snapshot.name=before -O raw "$T/s.qcow2" "$T/snap.raw"
     cmp "$T/snap.raw" "$T/s.start"
   done
+}
+
+@test "compressed images and a metadata cache of two tables: rewrites and evictions lose no byte" {
+  new_image c4 6M cluster_size=4k -c
+  model c4 800 metadata-cache=8K
+  new_image cx 6M cluster_size=32k,extended_l2=on -c
+  model cx 800 metadata-cache=64K
 }
 
 @test "detect-zeroes=unmap discard=unmap: all-zero writes become zeros that may free, no byte lost" {
