@@ -31,16 +31,18 @@ enum alloc_state { NOT_ALLOCATED, ALLOC_DATA, ALLOC_ZERO };
 
 /* Is [off, off+len) allocated in an image between top (included) and base
  * (excluded)?  *n is the length of the run that answers the same way.  Past
- * the end of an image below top, top's view reads zeros.
+ * the end of an image below top, top's view reads zeros.  For plain data,
+ * *src is the image whose file holds it from host offset *host (else NULL).
  */
 static int
 alloc_above (struct rb_image *top, struct rb_image *base, uint64_t off, uint64_t len,
-             uint64_t *n, enum alloc_state *st)
+             uint64_t *n, enum alloc_state *st, struct rb_image **src, uint64_t *host)
 {
   struct rb_image *i;
   struct run r;
   int ret;
 
+  *src = NULL;
   for (i = top; i != base; i = i->backing) {
     if (i != top && off >= i->size) {
       *n = len;
@@ -51,6 +53,8 @@ alloc_above (struct rb_image *top, struct rb_image *base, uint64_t off, uint64_t
     if (i->is_raw) {
       *n = len;
       *st = ALLOC_DATA;
+      *src = i;
+      *host = off;
       return 0;
     }
     pthread_mutex_lock (&i->meta_lock);
@@ -61,6 +65,10 @@ alloc_above (struct rb_image *top, struct rb_image *base, uint64_t off, uint64_t
     if (r.kind != RUN_UNALLOC) {
       *n = r.length;
       *st = r.kind == RUN_ZERO ? ALLOC_ZERO : ALLOC_DATA;
+      if (r.kind == RUN_DATA) {
+        *src = i;
+        *host = r.host_offset;
+      }
       return 0;
     }
     len = r.length;
@@ -68,6 +76,53 @@ alloc_above (struct rb_image *top, struct rb_image *base, uint64_t off, uint64_t
   *n = len;
   *st = NOT_ALLOCATED;
   return 0;
+}
+
+/* Copy n bytes from src's file at host into base at guest offset off in
+ * the kernel (copy_file_range), where base owns the clusters there and
+ * overwrites them in place as rb_pwrite would (overlap check, bitmaps).
+ * Returns 1 done, 0 not here (the caller writes), -1 error.
+ */
+static int
+copy_direct (struct rb_image *src, uint64_t host, struct rb_image *base, uint64_t off,
+             uint64_t n, bool *off_switch)
+{
+  loff_t in = host, out;
+  struct run r;
+  int ret = 0;
+
+  if (*off_switch || base->is_raw)
+    return 0;
+  pthread_rwlock_rdlock (&base->io_lock);
+  pthread_mutex_lock (&base->meta_lock);
+  if (prepare_first_write (base) == -1 || map_run (base, off, n, &r) == -1)
+    ret = -1;
+  else if (r.kind != RUN_DATA || !r.copied || r.length < n)
+    ret = 0;
+  else
+    ret = overlap_check (base, r.host_offset, n, OV_DATA) == -1 ? -1 : 1;
+  pthread_mutex_unlock (&base->meta_lock);
+  out = r.host_offset;
+  while (ret == 1 && (uint64_t) (out - r.host_offset) < n) {
+    uint64_t left = n - (out - r.host_offset);
+    ssize_t c = copy_file_range (src->fd, &in, base->fd, &out, left, 0);
+    if (c == -1 && out == (loff_t) r.host_offset &&
+        (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+      *off_switch = true;       /* not between these files: write them */
+      ret = 0;
+    }
+    else if (c == -1)
+      ret = rb_error_errno (errno, "%s: copying into %s", src->path, base->path);
+    else if (c == 0) {
+      /* The source file ends inside its last cluster: the rest reads as zeros. */
+      ret = file_zero_range (base->fd, out, left, IO_DATA_WRITE) == -1 ? -1 : 1;
+      out += left;
+    }
+  }
+  if (ret == 1)
+    bitmaps_note_write (base, off, n);
+  pthread_rwlock_unlock (&base->io_lock);
+  return ret;
 }
 
 /* Give chain member b (never written otherwise) write access, as a writer
@@ -129,15 +184,21 @@ static int
 copy_into_base (struct rb_image *top, struct rb_image *base, rb_progress_fn fn, void *opaque)
 {
   CLEANUP_FREE uint8_t *buf = aligned_alloc (4096, CHUNK);
-  uint64_t off = 0, n;
+  uint64_t off = 0, n, host;
+  struct rb_image *src;
   enum alloc_state st;
+  bool no_copy_range = false;
+  int c;
 
   if (!buf)
     return rb_error (ENOMEM, "out of memory");
   while (off < top->size) {
-    if (alloc_above (top, base, off, MIN (CHUNK, top->size - off), &n, &st) == -1)
+    if (alloc_above (top, base, off, MIN (CHUNK, top->size - off), &n, &st, &src, &host) == -1)
       return -1;
-    if (st == ALLOC_DATA) {
+    c = st == ALLOC_DATA && src ? copy_direct (src, host, base, off, n, &no_copy_range) : 0;
+    if (c == -1)
+      return -1;
+    if (st == ALLOC_DATA && c == 0) {
       if (rb_pread (top, buf, n, off) == -1)
         return -1;
       if (is_zero (buf, n) ? base_zero (base, off, n, buf) == -1
@@ -152,18 +213,16 @@ copy_into_base (struct rb_image *top, struct rb_image *base, rb_progress_fn fn, 
   }
   if (base->is_raw)
     return file_sync (base->fd, IO_FLUSH);
-  /* Twice, as rb_close: the second writes the refcounts the first released
-   * (nothing closes a backing image with a flush).
+  /* Nothing closes a backing image with a flush: this one writes the data,
+   * the metadata and the refcounts it releases.
    */
-  if (rb_flush (base) == -1)
-    return -1;
   return rb_flush (base);
 }
 
 /* Drop every cluster of img's active L1 (qemu-img commit empties the top
  * image so): the L1 entries are cleared and written, then the tables and
- * data lose the active image's reference (internal snapshots keep theirs);
- * the close cuts the file after the last cluster in use.
+ * data lose the active image's reference (internal snapshots keep theirs),
+ * then the file is cut after the last cluster in use.
  */
 static int
 empty_image (struct rb_image *img)
@@ -176,7 +235,7 @@ empty_image (struct rb_image *img)
     return rb_error (ENOMEM, "out of memory");
   if (txn_lock (img) == -1)
     return -1;
-  if (prepare_first_write (img) == -1 || flush_metadata (img) == -1) {
+  if (prepare_first_write (img) == -1) {      /* nothing else is pending: TOP was only read */
     txn_unlock (img);
     return -1;
   }
@@ -205,10 +264,19 @@ empty_image (struct rb_image *img)
     if (r == 0)
       r = l1_set_entry (img, i, 0);
   }
-  /* Invariant 4: the cleared L1 is durable before any refcount drops. */
+  /* Invariant 4: the cleared L1 is durable before any refcount drops.  No
+   * punching (invariant 9): almost everything is free now, and cutting the
+   * file after the last cluster in use gives the space back at once.
+   */
   if (r == 0)
-    r = flush_and_free (img);
+    r = flush_metadata (img);
+  if (r == 0)
+    r = apply_deferred_frees (img);
+  if (r == 0)
+    r = flush_metadata (img);
   txn_unlock (img);
+  if (r == 0)
+    truncate_free_tail (img);
   return r;
 }
 

@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 #include "map.h"
@@ -231,6 +232,125 @@ view_read (struct rb_image *b, void *buf, uint64_t len, uint64_t off)
   return 0;
 }
 
+/* The backing files' read-only mappings: the two views are compared where
+ * the page cache holds them, without copying 2 x the disk into buffers
+ * (copying was most of the time).  Anything not mapped is read instead.
+ */
+struct maps {
+  unsigned n;
+  struct {
+    struct rb_image *img;
+    uint8_t *p;                 /* NULL: could not be mapped */
+    uint64_t len;
+  } m[RB_MAX_CHAIN + 2];
+};
+
+/* The mapping of b's file (*len bytes), or NULL. */
+static const uint8_t *
+map_of (struct maps *ms, struct rb_image *b, uint64_t *len)
+{
+  unsigned i;
+  uint64_t size;
+  void *p;
+
+  for (i = 0; i < ms->n; i++)
+    if (ms->m[i].img == b) {
+      *len = ms->m[i].len;
+      return ms->m[i].p;
+    }
+  if (ms->n == sizeof ms->m / sizeof ms->m[0])
+    return NULL;
+  p = file_size (b->fd, &size) == 0 && size ? mmap (NULL, size, PROT_READ, MAP_SHARED, b->fd, 0)
+    : MAP_FAILED;
+  ms->m[ms->n].img = b;
+  ms->m[ms->n].p = p == MAP_FAILED ? NULL : p;
+  ms->m[ms->n].len = *len = p == MAP_FAILED ? 0 : size;
+  return ms->m[ms->n++].p;
+}
+
+static void
+maps_free (struct maps *ms)
+{
+  unsigned i;
+
+  for (i = 0; i < ms->n; i++)
+    if (ms->m[i].p)
+      munmap (ms->m[i].p, ms->m[i].len);
+}
+
+/* Point *p at the first *n (1..len) bytes of backing image b's view at off
+ * (len at most one chunk): into the mapping of the file holding them, into
+ * zeros, or into scratch where they were read (compressed data, a short
+ * last cluster, no mapping).  Returns 0 / -1.
+ */
+static int
+view_at (struct maps *ms, struct rb_image *b, uint64_t off, uint64_t len,
+         const uint8_t *zeros, uint8_t *scratch, const uint8_t **p, uint64_t *n)
+{
+  const uint8_t *m;
+  uint64_t mlen;
+  struct run r;
+  int ret;
+
+  for (;;) {
+    if (!b || off >= b->size) {
+      *p = zeros;
+      *n = len;
+      return 0;
+    }
+    len = MIN (len, b->size - off);
+    r.kind = RUN_DATA;
+    r.host_offset = off;
+    r.length = len;
+    if (!b->is_raw) {
+      pthread_mutex_lock (&b->meta_lock);
+      ret = map_run (b, off, len, &r);
+      pthread_mutex_unlock (&b->meta_lock);
+      if (ret == -1)
+        return -1;
+    }
+    *n = r.length;
+    if (r.kind == RUN_UNALLOC) {
+      b = b->backing;
+      len = r.length;
+      continue;
+    }
+    if (r.kind == RUN_ZERO) {
+      *p = zeros;
+      return 0;
+    }
+    if (r.kind == RUN_DATA && (m = map_of (ms, b, &mlen)) && r.host_offset + r.length <= mlen) {
+      *p = m + r.host_offset;
+      return 0;
+    }
+    *p = scratch;
+    return rb_pread (b, scratch, r.length, off);
+  }
+}
+
+struct differ {
+  struct rb_image *img, *ob;
+  uint8_t *wbuf;
+  uint64_t from, to;            /* granules found different, not written yet (from == to: none) */
+};
+
+/* Write what ob shows over [d->from, d->to) into img (zeros as zeros). */
+static int
+write_pending (struct differ *d)
+{
+  uint64_t len = d->to - d->from;
+  int r;
+
+  if (len == 0)
+    return 0;
+  if (view_read (d->ob, d->wbuf, len, d->from) == -1)
+    return -1;
+  r = is_zero (d->wbuf, len) ? rb_zero (d->img, len, d->from, 0)
+    : rb_pwrite (d->img, d->wbuf, len, d->from, 0);
+  d->from = d->to;
+  return r;
+}
+
 /* Write the old view (backing image ob) into img where it differs from
  * the new one (nb), granule by granule (clusters, subclusters for extended
  * L2), merging neighbours into one request.  img->backing is nb meanwhile:
@@ -241,49 +361,61 @@ static int
 copy_differences (struct rb_image *img, struct rb_image *ob, struct rb_image *nb,
                   rb_progress_fn fn, void *opaque)
 {
-  const uint64_t chunk = MAX (CHUNK, img->cluster_size);
-  CLEANUP_FREE uint8_t *old = aligned_alloc (4096, chunk);
-  CLEANUP_FREE uint8_t *new = aligned_alloc (4096, chunk);
-  uint64_t off = 0, g = img->subcluster_size;
+  const uint64_t chunk = MAX (CHUNK, img->cluster_size), g = img->subcluster_size;
+  CLEANUP_FREE uint8_t *so = aligned_alloc (4096, chunk);
+  CLEANUP_FREE uint8_t *sn = aligned_alloc (4096, chunk);
+  CLEANUP_FREE uint8_t *wbuf = aligned_alloc (4096, chunk);
+  CLEANUP_FREE uint8_t *zeros = calloc (1, chunk);
+  struct differ d = { .img = img, .ob = ob, .wbuf = wbuf };
+  struct maps ms = { .n = 0 };
+  uint64_t off = 0;
+  int ret = 0;
 
-  if (!old || !new)
+  if (!so || !sn || !wbuf || !zeros)
     return rb_error (ENOMEM, "out of memory");
-  while (off < img->size) {
-    uint64_t len = MIN (chunk - offset_in_cluster (img, off), img->size - off);
-    uint64_t p, q;
+  while (ret == 0 && off < img->size) {
+    uint64_t len = MIN (chunk - offset_in_cluster (img, off), img->size - off), pos, end;
+    bool differs = false;
     struct run r;
-    int ret;
 
     pthread_mutex_lock (&img->meta_lock);
     ret = map_run (img, off, len, &r);
     pthread_mutex_unlock (&img->meta_lock);
     if (ret == -1)
-      return -1;
-    if (r.kind == RUN_UNALLOC) {
-      len = r.length;
-      if (view_read (ob, old, len, off) == -1 || view_read (nb, new, len, off) == -1)
-        return -1;
-      for (p = 0; p < len; p = q) {
-        uint64_t end;
-        q = MIN (len, ROUND_UP (off + p + 1, g) - off);
-        if (memcmp (old + p, new + p, q - p) == 0)
-          continue;
-        /* Extend over the following granules that differ too. */
-        while (q < len && (end = MIN (len, q + g - (off + q) % g),
-                           memcmp (old + q, new + q, end - q) != 0))
-          q = end;
-        if (is_zero (old + p, q - p) ? rb_zero (img, q - p, off + p, 0) == -1
-            : rb_pwrite (img, old + p, q - p, off + p, 0) == -1)
-          return -1;
+      break;
+    end = off + r.length;
+    d.from = d.to = off;
+    /* Runs of both views, compared where they overlap; a granule is done
+     * when its end is reached (it may span runs).
+     */
+    for (pos = off; r.kind == RUN_UNALLOC && ret == 0 && pos < end; ) {
+      const uint8_t *po, *pn;
+      uint64_t no, nn, m, a, b;
+      if ((ret = view_at (&ms, ob, pos, end - pos, zeros, so, &po, &no)) == -1 ||
+          (ret = view_at (&ms, nb, pos, end - pos, zeros, sn, &pn, &nn)) == -1)
+        break;
+      m = MIN (no, nn);
+      for (a = pos; a < pos + m && ret == 0; a = b) {
+        b = MIN (pos + m, ROUND_DOWN (a, g) + g);
+        differs = differs || memcmp (po + (a - pos), pn + (a - pos), b - a) != 0;
+        if (b % g != 0 && b != end)
+          continue;               /* the granule goes on in the next run */
+        if (differs)
+          d.to = b;
+        else
+          ret = write_pending (&d), d.from = d.to = b;
+        differs = false;
       }
+      pos += m;
     }
-    else
-      len = r.length;
-    off += len;
+    if (ret == 0)
+      ret = write_pending (&d);
+    off = end;
     if (fn)
       fn (opaque, off, img->size);
   }
-  return rb_flush (img);
+  maps_free (&ms);
+  return ret == -1 ? -1 : rb_flush (img);
 }
 
 int

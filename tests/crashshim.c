@@ -1,6 +1,6 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
  * LD_PRELOAD shim for crash tests: lets the N-th write to a file happen (optionally torn), then SIGKILLs.
- * A write is a pwrite or an fallocate (zeroing a range).
+ * A write is a pwrite, an fallocate (zeroing a range) or a copy_file_range into the file.
  *
  * RB_CRASH_FILE  count writes to files whose path (as passed to open*) contains this
  * RB_CRASH_AT    N: the N-th write (1-based) is the last one; then kill -9
@@ -138,3 +138,20 @@ fallocate64 (int fd, int mode, off_t offset, off_t len)
 }
 
 int fallocate (int fd, int mode, off_t offset, off_t len) __attribute__((alias ("fallocate64")));
+
+ssize_t
+copy_file_range (int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t len,
+                 unsigned flags)
+{
+  static ssize_t (*real) (int, loff_t *, int, loff_t *, size_t, unsigned);
+
+  if (!real)
+    real = dlsym (RTLD_NEXT, "copy_file_range");
+  if (fd_out >= 0 && fd_out < 256 && watched[fd_out] && ++count == crash_at) {
+    size_t n = getenv ("RB_CRASH_TORN") && len > 512 ? 512 : len;
+    real (fd_in, off_in, fd_out, off_out, n, flags);
+    save_count ();
+    kill (getpid (), SIGKILL);
+  }
+  return real (fd_in, off_in, fd_out, off_out, len, flags);
+}
