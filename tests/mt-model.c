@@ -239,11 +239,16 @@ ssize_t
 pwrite (int fd, const void *buf, size_t count, off_t offset)
 {
   static ssize_t (*real) (int, const void *, size_t, off_t);
+  /* One atomic load into a local: a plain read of REAL would race with the first store. */
+  ssize_t (*f) (int, const void *, size_t, off_t) = __atomic_load_n (&real, __ATOMIC_ACQUIRE);
 
-  if (!__atomic_load_n (&real, __ATOMIC_ACQUIRE))
-    __atomic_store_n (&real, next_symbol ("pwrite"), __ATOMIC_RELEASE);
+  if (!f)
+    {
+      f = next_symbol ("pwrite");
+      __atomic_store_n (&real, f, __ATOMIC_RELEASE);
+    }
   jitter ();
-  return real (fd, buf, count, offset);
+  return f (fd, buf, count, offset);
 }
 
 /* pread for the whole program: the real one, then a possible delay. */
@@ -251,11 +256,15 @@ ssize_t
 pread (int fd, void *buf, size_t count, off_t offset)
 {
   static ssize_t (*real) (int, void *, size_t, off_t);
+  ssize_t (*f) (int, void *, size_t, off_t) = __atomic_load_n (&real, __ATOMIC_ACQUIRE);
   ssize_t r;
 
-  if (!__atomic_load_n (&real, __ATOMIC_ACQUIRE))
-    __atomic_store_n (&real, next_symbol ("pread"), __ATOMIC_RELEASE);
-  r = real (fd, buf, count, offset);
+  if (!f)
+    {
+      f = next_symbol ("pread");
+      __atomic_store_n (&real, f, __ATOMIC_RELEASE);
+    }
+  r = f (fd, buf, count, offset);
   jitter ();
   return r;
 }

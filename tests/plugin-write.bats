@@ -83,14 +83,17 @@ nbd_workload () {
 @test "four connections writing at once (disjoint and overlapping) leave a clean, exact image" {
   qemu-img create -q -f qcow2 -o cluster_size=4096 "$T/m.qcow2" 32M
   start_rblock "$T/m.qcow2"
+  pids=()
   for k in 0 1 2 3; do
     # Interleaved clusters: every L2 table is shared by all four writers.
     args=()
     for i in $(seq 0 63); do args+=(-c "write -P $((k + 1)) $(( (i * 4 + k) * 4096 )) 4096"); done
     args+=(-c "write -P $((k + 11)) $(( (16 << 20) + k * 1048576 )) 3M")   # overlapping tails
     qemu-io -f raw "${args[@]}" "$URI" > "$T/q$k.out" 2>&1 &
+    pids+=($!)
   done
-  wait
+  # The writers' own pids: a bare wait would also wait for bats's BATS_TEST_TIMEOUT timer.
+  for p in "${pids[@]}"; do wait "$p"; done
   ! grep -i -E 'error|failed' "$T"/q*.out
   stop_rblock
   qemu_check_clean "$T/m.qcow2"
