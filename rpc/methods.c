@@ -486,29 +486,58 @@ method_lookup (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   return done (err, r);
 }
 
-struct map_acc {
+/* The runs of a map or bitmap_map answer, as the engine reports them.  At
+ * most MAX_RUNS in one answer: the array of a whole large disk's runs would
+ * be unbounded memory.
+ */
+#define MAX_RUNS 100000
+struct run_acc {
   struct rb_image *img;
   json_object *a;
   unsigned n;
   struct rpc_error *err;
 };
 
+/* A new run object with "start" and "length", or NULL (E2BIG) past MAX_RUNS. */
+static json_object *
+run_new (struct run_acc *acc, uint64_t offset, uint64_t length)
+{
+  json_object *e;
+
+  if (++acc->n > MAX_RUNS) {
+    errno = E2BIG;
+    return NULL;
+  }
+  e = json_object_new_object ();
+  add (acc->err, e, "start", j_u64 (offset));
+  add (acc->err, e, "length", j_u64 (length));
+  return e;
+}
+
+/* The answer once the engine has reported the runs (r: its return value). */
+static json_object *
+run_answer (struct run_acc *acc, int r)
+{
+  if (r == -1) {
+    json_object_put (acc->a);
+    if (acc->n > MAX_RUNS)
+      return fail (acc->err, RPC_INVALID_PARAMS, "Invalid params: the range has too many extents; ask for a shorter %s", "length");
+    return engine_error (acc->err);
+  }
+  return done (acc->err, acc->a);
+}
+
 static int
 map_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
 {
-  struct map_acc *acc = opaque;
+  struct run_acc *acc = opaque;
   struct rpc_error *err = acc->err;
-  json_object *e = json_object_new_object ();
+  json_object *e = run_new (acc, offset, length);
   bool data = !(type & RB_EXTENT_ZERO);
   struct rb_mapping m;
 
-  if (++acc->n > 100000) {
-    json_object_put (e);
-    errno = E2BIG;
+  if (!e)
     return -1;
-  }
-  add (err, e, "start", j_u64 (offset));
-  add (err, e, "length", j_u64 (length));
   add (err, e, "data", json_object_new_boolean (data));
   add (err, e, "zero", json_object_new_boolean (!data));
   if (data && rb_lookup (acc->img, offset, &m) == 0 && m.type == RB_CLUSTER_DATA)
@@ -546,21 +575,12 @@ method_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
 {
   static const char *const names[] = { "offset", "length", NULL };
   uint64_t offset, length;
-  struct map_acc acc;
+  struct run_acc acc = { .img = ctx->img, .err = err };
 
   if (only_params (params, names, err) == -1 || get_range (ctx, params, &offset, &length, err) == -1)
     return NULL;
-  acc.img = ctx->img;
   acc.a = json_object_new_array ();
-  acc.n = 0;
-  acc.err = err;
-  if (length && rb_extents (ctx->img, length, offset, map_extent, &acc) == -1) {
-    json_object_put (acc.a);
-    if (acc.n > 100000)
-      return fail (err, RPC_INVALID_PARAMS, "Invalid params: the range has too many extents; ask for a shorter %s", "length");
-    return engine_error (err);
-  }
-  return done (err, acc.a);
+  return run_answer (&acc, length ? rb_extents (ctx->img, length, offset, map_extent, &acc) : 0);
 }
 
 static json_object *
@@ -806,28 +826,16 @@ method_bitmaps (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
   return done (err, a);
 }
 
-struct dirty_acc {
-  json_object *a;
-  unsigned n;
-  struct rpc_error *err;
-};
-
 static int
 dirty_extent (void *opaque, uint64_t offset, uint64_t length, bool dirty)
 {
-  struct dirty_acc *acc = opaque;
-  struct rpc_error *err = acc->err;
-  json_object *e;
+  struct run_acc *acc = opaque;
+  json_object *e = run_new (acc, offset, length);
 
-  if (++acc->n > 100000) {
-    errno = E2BIG;
+  if (!e)
     return -1;
-  }
-  e = json_object_new_object ();
-  add (err, e, "start", j_u64 (offset));
-  add (err, e, "length", j_u64 (length));
-  add (err, e, "dirty", json_object_new_boolean (dirty));
-  push (err, acc->a, e);
+  add (acc->err, e, "dirty", json_object_new_boolean (dirty));
+  push (acc->err, acc->a, e);
   return 0;
 }
 
@@ -839,7 +847,7 @@ method_bitmap_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *e
 {
   static const char *const names[] = { "name", "offset", "length", NULL };
   uint64_t offset, length;
-  struct dirty_acc acc = { .n = 0, .err = err };
+  struct run_acc acc = { .img = ctx->img, .err = err };
   json_object *v;
 
   if (only_params (params, names, err) == -1)
@@ -851,14 +859,8 @@ method_bitmap_map (struct rpc_ctx *ctx, json_object *params, struct rpc_error *e
   if (get_range (ctx, params, &offset, &length, err) == -1)
     return NULL;
   acc.a = json_object_new_array ();
-  if (rb_bitmap_extents (ctx->img, json_object_get_string (v), offset, length,
-                         dirty_extent, &acc) == -1) {
-    json_object_put (acc.a);
-    if (acc.n > 100000)
-      return fail (err, RPC_INVALID_PARAMS, "Invalid params: the range has too many extents; ask for a shorter %s", "length");
-    return engine_error (err);
-  }
-  return done (err, acc.a);
+  return run_answer (&acc, rb_bitmap_extents (ctx->img, json_object_get_string (v), offset,
+                                              length, dirty_extent, &acc));
 }
 
 /* Authenticate the connection: later requests need no token member. */

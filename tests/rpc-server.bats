@@ -123,6 +123,19 @@ bad () {
     { echo "input: $1"; echo "reply: $out"; return 1; }
 }
 
+@test "rpc: a map of more than 100000 runs is refused (-32602, bounded memory); a shorter range answers" {
+  # 512-byte clusters, every other one data: 200004 runs on the whole disk.
+  python3 -c 'import sys; f = open(sys.argv[1], "wb"); [f.write(b"\x01" * 512 + b"\x00" * 512) for _ in range(100002)]' "$T/alt.raw"
+  qemu-img convert -S 512 -O qcow2 -o cluster_size=512 "$T/alt.raw" "$T/alt.qcow2"
+  IMG="$T/alt.qcow2"
+  start_rpc
+  out=$(rpc '{"jsonrpc":"2.0","method":"map","id":1}')
+  [ "$(echo "$out" | jq .error.code)" = -32602 ]
+  echo "$out" | jq -r .error.message | grep -q 'too many extents'
+  [ "$(rpc '{"jsonrpc":"2.0","method":"map","params":{"offset":1024,"length":102400},"id":2}' | jq '.result | length')" = 200 ]
+  [ "$(rpc '{"jsonrpc":"2.0","method":"map","params":{"offset":1024,"length":102400},"id":3}' | jq '[.result[] | select(.data)] | length')" = 100 ]
+}
+
 @test "rpc: 31 bad inputs get the spec's exact error codes, and the server keeps serving" {
   start_rpc
   bad '{bad json' -32700
