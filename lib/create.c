@@ -334,9 +334,11 @@ rb_writer_put_run (struct rb_writer *w, uint64_t gc, const void *data, uint64_t 
   if (run_check (w, gc, nr) == -1)
     return -1;
   host = ROUND_UP (w->next, w->cs);
-  if (full_pwrite (w->fd, data, nr * w->cs, host, IO_DATA_WRITE) == -1)
+  if (full_pwrite (w->fd, data, nr * w->cs, host, IO_DATA_WRITE) == -1 ||
+      run_map (w, gc, nr, host) == -1)
     return -1;
-  return run_map (w, gc, nr, host);
+  kick_writeback (w);
+  return 0;
 }
 
 /* The same with the bytes copied in the kernel from fd (see rblock.h). */
@@ -351,9 +353,47 @@ rb_writer_copy_run (struct rb_writer *w, uint64_t gc, int fd, uint64_t src_offse
     return len ? -1 : 0;
   host = ROUND_UP (w->next, w->cs);
   /* The rest of a partial last cluster is past the end of the file so far: it reads as zeros. */
+  if (full_copy_range (fd, src_offset, w->fd, host, len, IO_DATA_WRITE) == -1 ||
+      run_map (w, gc, nr, host) == -1)
+    return -1;
+  kick_writeback (w);
+  return 0;
+}
+
+/* rb_writer_copy_run's bookkeeping alone (see rblock.h): the host clusters
+ * chosen and mapped, the copy left to the caller (rb_writer_copy_at).
+ */
+int
+rb_writer_map_run (struct rb_writer *w, uint64_t gc, uint64_t len, uint64_t *host)
+{
+  uint64_t nr = DIV_ROUND_UP (len, w->cs);
+
+  if (w->compress || w->o.extended_l2)
+    return rb_error (ENOTSUP, "writer: copies need plain clusters (no compression, no extended L2)");
+  if (len == 0)
+    return rb_error (EINVAL, "writer: an empty run");
+  if (run_check (w, gc, nr) == -1)
+    return -1;
+  *host = ROUND_UP (w->next, w->cs);
+  if (run_map (w, gc, nr, *host) == -1)
+    return -1;
+  /* Not kicked: its data is not there yet; rb_writer_copy_at kicks it. */
+  w->kicked = w->next;
+  return 0;
+}
+
+/* The copy of a run mapped by rb_writer_map_run: reads only w's fd and
+ * no_sync, which do not change until rb_writer_finish, so it may run in
+ * any thread alongside the writer's other calls.
+ */
+int
+rb_writer_copy_at (struct rb_writer *w, uint64_t host, int fd, uint64_t src_offset, uint64_t len)
+{
   if (full_copy_range (fd, src_offset, w->fd, host, len, IO_DATA_WRITE) == -1)
     return -1;
-  return run_map (w, gc, nr, host);
+  if (!w->no_sync)
+    sync_file_range (w->fd, host, len, SYNC_FILE_RANGE_WRITE);
+  return 0;
 }
 
 /* 0 if clusters [gc, gc+nr) may be stored next, else -1 (EINVAL). */
@@ -380,7 +420,6 @@ run_map (struct rb_writer *w, uint64_t gc, uint64_t nr, uint64_t host)
   w->any = true;
   w->last_gc = gc + nr - 1;
   w->next = host + nr * w->cs;
-  kick_writeback (w);
   return 0;
 }
 

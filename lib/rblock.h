@@ -391,6 +391,17 @@ int rb_writer_put_run (struct rb_writer *w, uint64_t guest_cluster, const void *
  */
 int rb_writer_copy_run (struct rb_writer *w, uint64_t guest_cluster, int fd, uint64_t src_offset,
                         uint64_t len);
+/* rb_writer_copy_run in two steps, for a caller that copies from several
+ * threads: rb_writer_map_run chooses and maps the host clusters of the run
+ * (in guest order, as rb_writer_copy_run; their host offset in *host) and
+ * rb_writer_copy_at copies the bytes there, from any thread, alongside the
+ * writer's other calls.  The caller waits for every copy to end before
+ * rb_writer_finish and aborts the writer if one failed (a refusal, ENOTSUP,
+ * is then a failure too: try rb_writer_copy_run first).  0 / -1.
+ */
+int rb_writer_map_run (struct rb_writer *w, uint64_t guest_cluster, uint64_t len, uint64_t *host);
+int rb_writer_copy_at (struct rb_writer *w, uint64_t host, int fd, uint64_t src_offset,
+                       uint64_t len);
 /* Do not fsync in rb_writer_finish (faster; a power failure may then leave
  * an incomplete file).
  */

@@ -225,21 +225,27 @@ worker (void *arg)
   return NULL;
 }
 
-/* Workers to start: opts, else RBLOCK_THREADS, else the online CPUs (capped). */
-static unsigned
-nr_workers (const struct pair_scan_opts *o)
+unsigned
+threads_wanted (long given, unsigned max_auto, unsigned max)
 {
   const char *env = getenv ("RBLOCK_THREADS");
-  long n = o->threads;
+  long n = given;
 
   if (n == 0 && env && *env)
     n = atol (env);
   if (n <= 0) {
     n = sysconf (_SC_NPROCESSORS_ONLN);
-    if (n > MAX_AUTO_THREADS)
-      n = MAX_AUTO_THREADS;
+    if (n > (long) max_auto)
+      n = max_auto;
   }
-  return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+  return n < 1 ? 1 : n > (long) max ? max : n;
+}
+
+/* Workers to start: opts, else RBLOCK_THREADS, else the online CPUs (capped). */
+static unsigned
+nr_workers (const struct pair_scan_opts *o)
+{
+  return threads_wanted (o->threads, MAX_AUTO_THREADS, MAX_THREADS);
 }
 
 int

@@ -364,7 +364,7 @@ convert_all (struct convert *cv)
       break;
   }
   pthread_join (th, NULL);
-  if (release_windows (cv) == -1)
+  if (release_windows (cv) == -1 || target_wait (&cv->t) == -1)
     fail (cv);
 }
 

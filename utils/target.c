@@ -16,6 +16,8 @@
 #include <linux/fs.h>
 
 #include "common.h"
+#include "copier.h"
+#include "pairscan.h"
 #include "target.h"
 
 #define ZERO_BUF (1u << 20)
@@ -215,32 +217,23 @@ source_shrank (struct source *src, uint64_t end)
   return true;
 }
 
-int
-target_copy (struct target *t, struct source *src, uint64_t offset, uint64_t len)
+/* Copy [offset, offset+len) of src_fd to the raw output at out.  0, -1, or 1
+ * if may_refuse and the kernel refused the first call (nothing copied).
+ */
+static int
+raw_copy (const struct target *t, struct source *src, int src_fd, uint64_t offset, uint64_t dst,
+          uint64_t len, bool may_refuse)
 {
-  int src_fd = source_file_fd (src);
-  loff_t in = offset, out = offset;
-  bool first = true;
+  loff_t in = offset, out = dst;
+  bool first = may_refuse;
 
-  if (!t->can_copy || src_fd == -1)
-    return 1;
-  if (t->w) {
-    if (rb_writer_copy_run (t->w, offset / t->cluster_size, src_fd, offset, len) == 0)
-      return 0;
-    if (rb_errno () != ENOTSUP)
-      return source_shrank (src, offset + len) ? -1 : source_error_prefixed (t->name);
-    t->can_copy = false;
-    return 1;
-  }
   while (len > 0) {
     ssize_t r = copy_file_range (src_fd, &in, t->fd, &out, MIN_U64 (len, 1u << 30), 0);
     if (r == -1 && errno == EINTR)
       continue;
     if (r == -1 && first && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS ||
-                             errno == EINVAL || errno == EBADF)) {
-      t->can_copy = false;
+                             errno == EINVAL || errno == EBADF))
       return 1;
-    }
     if (r == -1) {
       int err = errno;
       return source_shrank (src, in + len) ? -1 : io_error (t, "write error", out, err);
@@ -253,6 +246,71 @@ target_copy (struct target *t, struct source *src, uint64_t offset, uint64_t len
     len -= r;
   }
   return 0;
+}
+
+/* A copier thread's job (see target_copy): the copy of a run whose place in
+ * the output is decided.  0 / -1 (a refusal is a failure here).
+ */
+static int
+copy_job (void *opaque, const struct copy_job *job)
+{
+  struct target *t = opaque;
+  int src_fd = source_file_fd (t->copy_src);
+
+  if (t->w) {
+    if (rb_writer_copy_at (t->w, job->out, src_fd, job->in, job->len) == 0)
+      return 0;
+    return source_shrank (t->copy_src, job->in + job->len) ? -1 : source_error_prefixed (t->name);
+  }
+  return raw_copy (t, t->copy_src, src_fd, job->in, job->out, job->len, false);
+}
+
+int
+target_copy (struct target *t, struct source *src, uint64_t offset, uint64_t len)
+{
+  int src_fd = source_file_fd (src), r;
+  uint64_t host = offset;
+
+  if (!t->can_copy || src_fd == -1)
+    return 1;
+  /* The kernel took a copy between these files: the next ones go to the
+   * copier threads, their place in the output decided here, in order.
+   */
+  if (t->copied && !t->copiers && !t->copy_here) {
+    /* RBLOCK_THREADS, else the online CPUs up to 4; 1: all in this thread. */
+    unsigned nr = threads_wanted (0, 4, 64);
+    t->copy_here = nr == 1;
+    t->copy_src = src;
+    if (nr > 1 && !(t->copiers = copier_start (nr, copy_job, t)))
+      return -1;
+  }
+  if (t->copiers) {
+    if (t->w && rb_writer_map_run (t->w, offset / t->cluster_size, len, &host) == -1)
+      return source_error_prefixed (t->name);
+    return copier_submit (t->copiers, offset, host, len);
+  }
+  if (t->w) {
+    if (rb_writer_copy_run (t->w, offset / t->cluster_size, src_fd, offset, len) == 0) {
+      t->copied = true;
+      return 0;
+    }
+    if (rb_errno () != ENOTSUP)
+      return source_shrank (src, offset + len) ? -1 : source_error_prefixed (t->name);
+    t->can_copy = false;
+    return 1;
+  }
+  r = raw_copy (t, src, src_fd, offset, offset, len, true);
+  if (r == 1)
+    t->can_copy = false;
+  if (r == 0)
+    t->copied = true;
+  return r;
+}
+
+int
+target_wait (struct target *t)
+{
+  return t->copiers ? copier_wait (t->copiers) : 0;
 }
 
 int
@@ -339,6 +397,11 @@ target_finish (struct target *t)
 {
   int r = 0;
 
+  /* Every copy done before anything that makes the output an image or syncs it. */
+  if (target_wait (t) == -1)
+    return -1;
+  copier_stop (t->copiers);
+  t->copiers = NULL;
   switch (t->kind) {
   case TARGET_NEW_QCOW2:
     r = rb_writer_finish (t->w);
@@ -366,6 +429,9 @@ target_finish (struct target *t)
 void
 target_abort (struct target *t)
 {
+  /* No copy runs any more when the output is closed and removed. */
+  copier_stop (t->copiers);
+  t->copiers = NULL;
   if (t->w)
     rb_writer_abort (t->w);
   if (t->img)

@@ -50,6 +50,10 @@ struct target {
   struct rb_image *img;
   struct sink *sink;
   bool punch_ok, zero_range_ok, blkzero_ok;   /* what the file system or device accepted */
+  bool copied;                     /* the kernel took a copy: the next ones may go to copiers */
+  struct copier *copiers;          /* the copier threads, started at the second copy, or NULL */
+  bool copy_here;                  /* RBLOCK_THREADS=1: no copier threads */
+  struct source *copy_src;         /* what they copy from */
 };
 
 /* A new qcow2 image at path (a temporary name) written by the streaming writer. */
@@ -71,6 +75,13 @@ int target_open_existing (struct target *t, const char *name, const char *format
  * written; t->can_copy is then false): use target_write.
  */
 int target_copy (struct target *t, struct source *src, uint64_t offset, uint64_t len);
+/* With RBLOCK_THREADS (default: the CPUs) above 1, the copies after the
+ * first are done by copier threads: target_copy then returns once the
+ * copy is queued (its place in a new qcow2 decided), and its failure comes
+ * from a later target_copy, target_wait or target_finish.
+ */
+/* Wait for every queued copy.  0, or -1 with the first failure's message. */
+int target_wait (struct target *t);
 int target_write (struct target *t, const void *buf, uint64_t offset, uint64_t len);
 int target_zero (struct target *t, uint64_t offset, uint64_t len);
 
