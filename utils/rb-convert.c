@@ -204,29 +204,57 @@ add_run (struct convert *cv, uint64_t off, uint64_t len, uint64_t whole, const u
   sl->runs[sl->nr_runs++] = (struct run) { off, len, whole, p, zero };
 }
 
+/* Scanner: the units of [pos, pos+n) (avail bytes inside the source) at p
+ * into the current slot.
+ */
+static void
+scan_units (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail, const uint8_t *p)
+{
+  uint64_t k, j;
+  bool zero;
+
+  for (k = 0; k < n; k += cv->unit) {
+    zero = cv->sparse && all_zero (p + k, cv->unit);
+    /* Data: every page touched here, where a page that cannot be read is
+     * caught (see scan_chunk), not in a later write from the mapping (EFAULT).
+     */
+    for (j = 0; !zero && j < cv->unit; j += 4096)
+      (void) *(const volatile uint8_t *) (p + k + j);
+    add_run (cv, pos + k, MIN_U64 (cv->unit, avail - MIN_U64 (k, avail)), cv->unit, p + k, zero);
+  }
+}
+
 /* Scanner: chunk [pos, pos+n) (whole units; avail bytes of it inside the
  * source) into the current slot: mapped where the source is a file (the
- * page cache, nothing copied), else read and padded with zeros; then cut
- * into runs of zero and non-zero units.  0 / -1.
+ * page cache, nothing copied), else (or where a page of the mapping could
+ * not be read) read and padded with zeros; then cut into runs of zero and
+ * non-zero units.  0 / -1.
  */
 static int
 scan_chunk (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail)
 {
   struct slot *sl = cv->cur;
   const uint8_t *p = avail == n ? source_map (cv->src, pos, n, &sl->win) : NULL;
-  uint64_t k;
+  size_t nr_runs = sl->nr_runs;
+  struct run last = nr_runs ? sl->runs[nr_runs - 1] : (struct run) { 0 };
+  int r;
 
-  if (!p) {
-    if (!sl->buf && !(sl->buf = aligned_alloc (4096, ROUND_UP_U64 (MAX_U64 (CHUNK, cv->unit), 4096))))
-      return rb_error (ENOMEM, "out of memory");
-    if (source_pread (cv->src, sl->buf, avail, pos) == -1)
-      return -1;
-    memset (sl->buf + avail, 0, n - avail);
-    p = sl->buf;
+  if (p) {
+    scan_units (cv, pos, n, avail, p);
+    r = source_window_check (cv->src, &sl->win);
+    if (r <= 0)
+      return r;
+    /* Undone (the runs as they were), and read instead. */
+    sl->nr_runs = nr_runs;
+    if (nr_runs)
+      sl->runs[nr_runs - 1] = last;
   }
-  for (k = 0; k < n; k += cv->unit)
-    add_run (cv, pos + k, MIN_U64 (cv->unit, avail - MIN_U64 (k, avail)), cv->unit, p + k,
-             cv->sparse && all_zero (p + k, cv->unit));
+  if (!sl->buf && !(sl->buf = aligned_alloc (4096, ROUND_UP_U64 (MAX_U64 (CHUNK, cv->unit), 4096))))
+    return rb_error (ENOMEM, "out of memory");
+  if (source_pread (cv->src, sl->buf, avail, pos) == -1)
+    return -1;
+  memset (sl->buf + avail, 0, n - avail);
+  scan_units (cv, pos, n, avail, sl->buf);
   return 0;
 }
 

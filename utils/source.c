@@ -323,7 +323,7 @@ source_current_size (struct source *s, uint64_t *size)
 /* The mapped windows SIGBUS may hit (slots set before and cleared after
  * use), and whether it did.
  */
-static struct { void *volatile addr; volatile size_t len; } windows[SOURCE_MAX_WINDOWS];
+static struct { void *volatile addr; volatile size_t len; volatile sig_atomic_t hit; } windows[SOURCE_MAX_WINDOWS];
 static pthread_mutex_t windows_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile sig_atomic_t bus_hit;
 
@@ -344,6 +344,7 @@ on_sigbus (int sig, siginfo_t *si, void *ctx)
     if (w && a >= w && a < w + windows[i].len &&
         mmap ((void *) (a & ~(uintptr_t) (page - 1)), page, PROT_READ,
               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+      windows[i].hit = 1;
       bus_hit = 1;
       return;
     }
@@ -377,6 +378,7 @@ source_map (struct source *s, uint64_t offset, size_t count, struct source_windo
     ? mmap (NULL, len, PROT_READ, MAP_SHARED, s->fd, start) : MAP_FAILED;
   if (p != MAP_FAILED) {
     madvise (p, len, MADV_SEQUENTIAL);
+    windows[i].hit = 0;
     windows[i].len = len;
     windows[i].addr = p;
     w->addr = p;
@@ -386,24 +388,67 @@ source_map (struct source *s, uint64_t offset, size_t count, struct source_windo
   return p == MAP_FAILED ? NULL : (const uint8_t *) p + (offset - start);
 }
 
-/* Release a window.  -1 (naming the input) if the file shrank under one. */
-int
-source_unmap (struct source *s, struct source_window *w)
+/* Forget window w and unmap it.  Returns whether SIGBUS hit it. */
+static bool
+window_release (struct source_window *w)
 {
+  bool hit = false;
   size_t i;
 
-  if (!w->addr)
-    return 0;
   pthread_mutex_lock (&windows_lock);
   for (i = 0; i < SOURCE_MAX_WINDOWS; i++)
-    if (windows[i].addr == w->addr)
+    if (windows[i].addr == w->addr) {
+      hit = windows[i].hit;
       windows[i].addr = NULL;
+    }
   pthread_mutex_unlock (&windows_lock);
   munmap (w->addr, w->len);
   w->addr = NULL;
-  if (bus_hit)
-    return rb_error (EIO, "%s: the input shrank while it was read", s->name);
-  return 0;
+  return hit;
+}
+
+/* True (the message recorded, naming the input) if the file is now shorter than it was. */
+static bool
+shrank (struct source *s)
+{
+  uint64_t now;
+
+  if (source_current_size (s, &now) == -1 || now >= s->size)
+    return false;
+  rb_error (EIO, "%s: the input shrank while it was read", s->name);
+  return true;
+}
+
+/* Release a window.  -1 (naming the input) if the file shrank under one,
+ * or a page of this one could not be read.
+ */
+int
+source_unmap (struct source *s, struct source_window *w)
+{
+  if (!w->addr)
+    return 0;
+  if (window_release (w))
+    return shrank (s) ? -1 : rb_error (EIO, "%s: a page of the input could not be read", s->name);
+  return bus_hit && shrank (s) ? -1 : 0;
+}
+
+int
+source_window_check (struct source *s, struct source_window *w)
+{
+  bool hit = false;
+  size_t i;
+
+  pthread_mutex_lock (&windows_lock);
+  for (i = 0; w->addr && i < SOURCE_MAX_WINDOWS; i++)
+    if (windows[i].addr == w->addr)
+      hit = windows[i].hit;
+  pthread_mutex_unlock (&windows_lock);
+  if (!hit)
+    return 0;
+  if (shrank (s))
+    return -1;
+  window_release (w);
+  return 1;
 }
 
 /* The fd of a regular-file source, else -1. */

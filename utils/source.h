@@ -120,7 +120,8 @@ int source_extents (struct source *s, uint64_t offset, uint64_t count,
  * source_unmap.  If the file shrinks under a window, its pages past the new
  * end read as zeros instead of killing the process (SIGBUS), and
  * source_unmap of any window then fails naming the input: what was read is
- * not the input.
+ * not the input.  (The same for a page that cannot be read: see
+ * source_window_check.)
  */
 #define SOURCE_MAX_WINDOWS 32
 struct source_window {
@@ -130,6 +131,13 @@ struct source_window {
 const uint8_t *source_map (struct source *s, uint64_t offset, size_t count,
                            struct source_window *w);
 int source_unmap (struct source *s, struct source_window *w);
+/* After reading window w: 0 if every page could be mapped; -1 (naming the
+ * input) if the file shrank; 1 if a page could not be mapped though the
+ * file did not shrink (a read error, or a hole that a full tmpfs cannot give
+ * a page: what was read there is zeros, not the input): w is then released,
+ * read the range with source_pread instead.
+ */
+int source_window_check (struct source *s, struct source_window *w);
 /* The file descriptor of a regular-file source (for copy_file_range), else -1. */
 int source_file_fd (const struct source *s);
 
