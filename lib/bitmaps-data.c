@@ -39,14 +39,14 @@ word_load (const struct bitmap_bits *bits, uint64_t w)
   return __atomic_load_n (&bits->words[w], __ATOMIC_RELAXED);
 }
 
-/* A bitmap of the disk's size at granularity 2^granularity_bits, all
- * clear; NULL on error.
+/* A bitmap of a disk_size-byte disk at granularity 2^granularity_bits,
+ * all clear; NULL on error.
  */
-struct bitmap_bits *
-bits_new (struct rb_image *img, unsigned granularity_bits)
+static struct bitmap_bits *
+bits_alloc (uint64_t disk_size, unsigned granularity_bits)
 {
-  uint64_t nr_bits = (img->size >> granularity_bits) +
-    !!(img->size & ((1ULL << granularity_bits) - 1));
+  uint64_t nr_bits = (disk_size >> granularity_bits) +
+    !!(disk_size & ((1ULL << granularity_bits) - 1));
   struct bitmap_bits *bits;
 
   bits = calloc (1, sizeof *bits + DIV_ROUND_UP (nr_bits, 64) * 8);
@@ -58,6 +58,34 @@ bits_new (struct rb_image *img, unsigned granularity_bits)
   bits->shift = granularity_bits;
   bits->nr_words = DIV_ROUND_UP (nr_bits, 64);
   return bits;
+}
+
+/* A bitmap of the disk's size at granularity 2^granularity_bits, all
+ * clear; NULL on error.
+ */
+struct bitmap_bits *
+bits_new (struct rb_image *img, unsigned granularity_bits)
+{
+  return bits_alloc (img->size, granularity_bits);
+}
+
+/* A copy of bits for a disk of new_size bytes, as QEMU truncates a bitmap
+ * with the disk (hbitmap_truncate): bit k keeps its value, bits past the
+ * new end are dropped, new ones are clear.  NULL on error.
+ */
+struct bitmap_bits *
+bits_resized (const struct bitmap_bits *bits, uint64_t new_size)
+{
+  struct bitmap_bits *n = bits_alloc (new_size, bits->shift);
+  uint64_t w;
+
+  if (!n)
+    return NULL;
+  for (w = 0; w < MIN (n->nr_words, bits->nr_words); w++)
+    n->words[w] = word_load (bits, w);
+  if (n->nr_bits % 64 && n->nr_words <= bits->nr_words)
+    n->words[n->nr_words - 1] &= (1ULL << (n->nr_bits % 64)) - 1;
+  return n;
 }
 
 void
@@ -201,6 +229,8 @@ bits_runs (const struct bitmap_bits *bits, uint64_t disk_size, uint64_t offset, 
 {
   uint64_t end = offset + count > disk_size || offset + count < offset ? disk_size : offset + count;
 
+  /* A copy taken before a resize may cover less than disk_size (read unlocked). */
+  end = MIN (end, bits->nr_bits << bits->shift);
   while (offset < end) {
     uint64_t k = offset >> bits->shift;
     bool dirty = bit_get (bits, k);

@@ -20,8 +20,9 @@
  *   does not support, a table that does not fit the disk), is marked in use
  *   durably: QEMU treats such a bitmap as inconsistent and never takes an
  *   incremental backup from it.  The second kind gets a warning naming it.
- * - Disabled bitmaps are not touched and stay consistent; bitmaps already in
- *   use stay so.
+ * - Disabled bitmaps are not touched and stay consistent (but a resize
+ *   resizes them with the disk: bitmaps-resize.c); bitmaps already in use
+ *   stay so.
  * - rb_close stores the live bitmaps into new clusters and switches to a new
  *   directory with in_use cleared (bitmaps-store.c), so a crash at any point
  *   leaves either the old directory (bitmaps in use) or the new one.
@@ -62,14 +63,21 @@ unsupported_reason (struct rb_image *img, const struct bitmap *b)
   return NULL;
 }
 
+/* Bytes of bitmap data for a disk_size-byte disk at granularity 2^granularity_bits. */
+uint64_t
+bitmap_bytes_at (uint64_t disk_size, unsigned granularity_bits)
+{
+  uint64_t bits = granularity_bits >= 64 ? !!disk_size
+    : (disk_size >> granularity_bits) + !!(disk_size & ((1ULL << granularity_bits) - 1));
+
+  return DIV_ROUND_UP (bits, 8);
+}
+
 /* Bytes of bitmap data for the disk at granularity 2^granularity_bits. */
 uint64_t
 bitmap_bytes (struct rb_image *img, unsigned granularity_bits)
 {
-  uint64_t bits = granularity_bits >= 64 ? !!img->size
-    : (img->size >> granularity_bits) + !!(img->size & ((1ULL << granularity_bits) - 1));
-
-  return DIV_ROUND_UP (bits, 8);
+  return bitmap_bytes_at (img->size, granularity_bits);
 }
 
 /* Find the bitmaps extension, or NULL. */

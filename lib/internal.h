@@ -300,9 +300,12 @@ int bitmaps_close (struct rb_image *img);  /* store live bitmaps, in_use cleared
 void bitmaps_free (struct rb_image *img);
 struct bitmap *bitmap_find (struct rb_image *img, const char *name);
 uint64_t bitmap_bytes (struct rb_image *img, unsigned granularity_bits);  /* of data */
+uint64_t bitmap_bytes_at (uint64_t disk_size, unsigned granularity_bits);
 /* bitmaps-data.c */
 void bitmaps_note_write (struct rb_image *img, uint64_t offset, uint64_t count);
 struct bitmap_bits *bits_new (struct rb_image *img, unsigned granularity_bits);
+/* A copy for a disk of new_size bytes (QEMU's truncation: new bits clear, bits past the end dropped). */
+struct bitmap_bits *bits_resized (const struct bitmap_bits *bits, uint64_t new_size);
 void bits_free (struct bitmap_bits *bits);
 int bits_load (struct rb_image *img, const struct bitmap *b, struct bitmap_bits **out);
 int bits_table_read (struct rb_image *img, const struct bitmap *b, uint64_t **table);
@@ -329,6 +332,11 @@ int bitmaps_commit (struct rb_image *img, bool final, const struct bitmap *remov
  * entries (adding the extension or, for nb 0, removing it), durably.
  */
 int bitmaps_ext_switch (struct rb_image *img, uint32_t nb, uint64_t dir_size, uint64_t dir_offset);
+/* bitmaps-resize.c: the bitmaps follow a resize (txn locks held; see there). */
+struct bitmaps_resize;
+int bitmaps_resize_check (struct rb_image *img, uint64_t new_size);
+int bitmaps_resize_prepare (struct rb_image *img, uint64_t new_size, struct bitmaps_resize **out);
+int bitmaps_resize_finish (struct rb_image *img, struct bitmaps_resize *rs, bool switched);
 
 /* ---- lock.c ---- */
 int image_lock_file (struct rb_image *img, bool writable);

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +21,9 @@
  * zeroes the new area (else the backing file would show through); the L1
  * table keeps its size when shrinking; clusters past the new end lose the
  * active image's reference (internal snapshots keep theirs); the close cuts
- * the file after the last cluster still in use.
+ * the file after the last cluster still in use.  Persistent bitmaps follow
+ * the new size (bitmaps-resize.c): all in use before the switch, stored at
+ * the new size after it.
  */
 
 #define ALL_ZERO_BITS 0xffffffff00000000ULL   /* extended L2: every subcluster zero */
@@ -207,8 +210,6 @@ shrink_locked (struct rb_image *img, uint64_t new_size)
 static int
 check_resize (struct rb_image *img, uint64_t new_size, unsigned flags)
 {
-  uint32_t i;
-
   if (new_size % 512)
     return rb_error (EINVAL, "the new size must be a multiple of 512 (%" PRIu64 " is not)", new_size);
   if (l1_needed (img, new_size) > QCOW_MAX_L1_BYTES / 8)
@@ -222,14 +223,34 @@ check_resize (struct rb_image *img, uint64_t new_size, unsigned flags)
   if (img->nb_snapshots && img->version < 3)
     return rb_error (ENOTSUP, "%s: cannot resize a version 2 image that has internal snapshots",
                      img->path);
-  for (i = 0; i < img->nr_bitmaps; i++)
-    if (img->bitmaps[i].flags & 1)
-      return rb_error (ENOTSUP, "%s: a persistent bitmap is inconsistent (in use): it cannot be "
-                       "resized; remove it first", img->path);
-  if (img->nr_bitmaps)
-    return rb_error (ENOTSUP, "%s: resizing an image with persistent bitmaps is not supported",
-                     img->path);
-  return 0;
+  return bitmaps_resize_check (img, new_size);
+}
+
+/* Grow or shrink (the locks held) with the bitmaps following the size
+ * (bitmaps-resize.c).  Returns 0, or -1 if the resize failed (its error) or
+ * the bitmaps could not follow.
+ */
+static int
+resize_with_bitmaps (struct rb_image *img, uint64_t new_size, bool zero, const uint8_t *tail)
+{
+  struct bitmaps_resize *rs;
+  uint64_t old_size = img->size;
+  char msg[512];
+  int r, e;
+
+  if (prepare_first_write (img) == -1 || bitmaps_resize_prepare (img, new_size, &rs) == -1)
+    return -1;
+  if (new_size > img->size)
+    r = grow_locked (img, new_size, zero, tail);
+  else
+    r = shrink_locked (img, new_size);      /* rb_close cuts the freed tail off */
+  e = rb_errno ();
+  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  if (bitmaps_resize_finish (img, rs, img->size != old_size) == -1 && r == 0)
+    return -1;
+  if (r == -1)
+    rb_error (e, "%s", msg);
+  return r;
 }
 
 int
@@ -264,10 +285,7 @@ rb_resize (struct rb_image *img, uint64_t new_size, unsigned flags)
       return -1;
     }
   }
-  if (new_size > img->size)
-    r = grow_locked (img, new_size, zero, tail);
-  else
-    r = shrink_locked (img, new_size);      /* rb_close cuts the freed tail off */
+  r = resize_with_bitmaps (img, new_size, zero, tail);
   txn_unlock (img);
   return r;
 }

@@ -1,6 +1,6 @@
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
 # Helpers of the image-wide command suites (snapshot, resize, commit, rebase): test images,
-# a state signature, the kill-at-every-write loop.
+# a state signature, the kill-at-every-write loop, images with bitmaps and their directory.
 
 SHIM="$top_builddir/tests/.libs/crashshim.so"
 
@@ -62,10 +62,13 @@ check_ok () {
 # is changed by CMD killed at its N-th write to IMG (whole, then torn at 512
 # bytes); each time qemu-img check must find no corruption and the image must
 # show the state before or the state after CMD (state_sig).  IMG is left
-# changed by a complete run.
+# changed by a complete run.  With CRASH_CHECK set, `$CRASH_CHECK IMG old|new`
+# also runs after each kill (IMG shows the old or the new state), and
+# `$CRASH_CHECK - setup` once before, when $T/crash.orig and $T/crash.done
+# hold the image before and after a complete run.
 crash_loop () {
   local img=$1; shift
-  local T="$BATS_TEST_TMPDIR" name n total torn sig
+  local T="$BATS_TEST_TMPDIR" name n total torn sig state
   name=$(basename "$img")
   cp "$img" "$T/crash.orig"
   state_sig "$img" > "$T/sig.old"
@@ -76,6 +79,7 @@ crash_loop () {
   check_ok "$img"
   cp "$img" "$T/crash.done"
   [ "$total" -ge 1 ] || { echo "no writes"; return 1; }
+  if [ -n "${CRASH_CHECK:-}" ]; then "$CRASH_CHECK" - setup || return 1; fi
   for n in $(seq 1 "$total"); do
     for torn in "" 1; do
       cp "$T/crash.orig" "$img"
@@ -88,6 +92,10 @@ crash_loop () {
         echo "write $n${torn:+ torn}: neither the old nor the new state"
         diff "$T/sig.old" "$T/sig.now"; diff "$T/sig.new" "$T/sig.now"
         return 1
+      fi
+      if [ -n "${CRASH_CHECK:-}" ]; then
+        cmp -s "$T/sig.now" "$T/sig.old" && state=old || state=new
+        "$CRASH_CHECK" "$img" "$state" || { echo "after write $n${torn:+ torn} ($state)"; return 1; }
       fi
     done
   done
@@ -104,4 +112,59 @@ untouched_after () {
   [ "$status" -eq 1 ] || { echo "status $status: $output"; return 1; }
   [ "${#lines[@]}" -eq 1 ] || { echo "not one line: $output"; return 1; }
   cmp "$img" "$BATS_TEST_TMPDIR/before"
+}
+
+# bitmap_tables IMAGE: "name table_size flags" per bitmap directory entry, read from the file
+# (the table size qemu-img info does not show).
+bitmap_tables () {
+  python3 - "$1" <<'PY'
+import struct, sys
+f = open(sys.argv[1], "rb"); h = f.read(65536)
+off = struct.unpack(">I", h[100:104])[0]
+while True:
+    t, l = struct.unpack(">II", h[off:off + 8])
+    if t == 0:
+        sys.exit(0)
+    if t == 0x23852875:
+        nb, _, size, dirof = struct.unpack(">IIQQ", h[off + 8:off + 32]); break
+    off += 8 + (l + 7) // 8 * 8
+f.seek(dirof); d = f.read(size); pos = 0
+while pos < size:
+    _, tsize, flags = struct.unpack(">QII", d[pos:pos + 16])
+    nsz, esz = struct.unpack(">HI", d[pos + 18:pos + 24])
+    print(d[pos + 24 + esz:pos + 24 + esz + nsz].decode(), tsize, flags)
+    pos += (24 + nsz + esz + 7) // 8 * 8
+PY
+}
+
+# bitmap_image IMG SIZE CLUSTER_SIZE NAME:GRANULARITY[:off]...: a qcow2 with those bitmaps
+# (":off" disabled after the first writes), dirtied by qemu-io near the start and the end.
+bitmap_image () {
+  local img=$1 size=$2 cs=$3 b; shift 3
+  qemu-img create -q -f qcow2 -o cluster_size="$cs" "$img" "$size"
+  for b in "$@"; do
+    b=${b%:off}
+    qemu-img bitmap --add -g "${b#*:}" "$img" "${b%%:*}"
+  done
+  qemu-io -c 'write -P 1 4000 9000' -c "write -P 2 $((size - 10000)) 10000" "$img" >/dev/null
+  for b in "$@"; do
+    [[ "$b" == *:off ]] && qemu-img bitmap --disable "$img" "${b%%:*}"
+  done
+  qemu-io -c 'write -P 3 300k 70k' "$img" >/dev/null
+}
+
+# same_bitmaps A B: the same bitmaps (names, granularity, flags, table sizes) and QEMU
+# (qemu-nbd -B) reads the same bits in each, some of them dirty.
+same_bitmaps () {
+  local a=$1 b=$2 n
+  [ "$(bitmap_names "$a")" = "$(bitmap_names "$b")" ] ||
+    { echo "bitmaps differ:"; bitmap_names "$a"; echo vs; bitmap_names "$b"; return 1; }
+  [ "$(bitmap_tables "$a")" = "$(bitmap_tables "$b")" ] ||
+    { echo "directories differ:"; bitmap_tables "$a"; echo vs; bitmap_tables "$b"; return 1; }
+  for n in $(bitmap_names "$a" | cut -d' ' -f1); do
+    qemu_map "$a" "$n" > "$BATS_TEST_TMPDIR/map.a" && qemu_map "$b" "$n" > "$BATS_TEST_TMPDIR/map.b" ||
+      return 1
+    diff "$BATS_TEST_TMPDIR/map.a" "$BATS_TEST_TMPDIR/map.b" || { echo "bitmap $n differs"; return 1; }
+    grep -q dirty "$BATS_TEST_TMPDIR/map.a" || { echo "bitmap $n: nothing dirty"; return 1; }
+  done
 }

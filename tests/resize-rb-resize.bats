@@ -1,11 +1,13 @@
 #!/usr/bin/env bats
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
 # rb-resize against qemu-img resize on twin images (growth with L1 and refcount table growth,
-# zeroing over a larger backing file, shrinking with snapshots); killed at every write the
-# image is the old or the new one; bad input leaves it as is.
+# zeroing over a larger backing file, shrinking with snapshots, persistent dirty bitmaps resized
+# with the disk); killed at every write the image is the old or the new one; bad input leaves it
+# as is.
 
 load helpers
 load chain-helpers
+load bitmap-helpers
 
 RBR="$top_builddir/utils/rb-resize"
 
@@ -131,9 +133,6 @@ twin_resize () {
   qemu-img snapshot -c s "$T/v2.qcow2"
   untouched_after "$T/v2.qcow2" "$RBR" "$T/v2.qcow2" 2M
   [[ "$output" == *snapshots* ]]
-  qemu-img bitmap --add "$T/a.qcow2" b0
-  untouched_after "$T/a.qcow2" "$RBR" "$T/a.qcow2" 16M
-  [[ "$output" == *bitmap* ]]
 }
 
 @test "rb-resize on a raw file: as qemu-img resize -f raw" {
@@ -147,4 +146,78 @@ twin_resize () {
   "$RBR" -q --shrink -f raw "$T/a.raw" 1M
   qemu-img resize -q --shrink -f raw "$T/b.raw" 1M
   cmp "$T/a.raw" "$T/b.raw"
+}
+
+# twin_bitmaps STEPS -- BITMAP...: twins of bitmap_image (1000448 bytes, 4K clusters) resized by
+# rb-resize and qemu-img resize through each step (a trailing s: --shrink); after each, the
+# bitmaps, their bits, the data and the checks agree.
+twin_bitmaps () {
+  local T="$BATS_TEST_TMPDIR" steps=() arg shrink
+  while [ "$1" != -- ]; do steps+=("$1"); shift; done; shift
+  bitmap_image "$T/a.qcow2" 1000448 4096 "$@"
+  cp "$T/a.qcow2" "$T/b.qcow2"
+  for arg in "${steps[@]}"; do
+    shrink=; [[ "$arg" == *s ]] && shrink=--shrink
+    arg=${arg%s}
+    "$RBR" -q $shrink "$T/a.qcow2" "$arg" 2>/dev/null || { "$RBR" $shrink "$T/a.qcow2" "$arg"; return 1; }
+    qemu-img resize -q $shrink "$T/b.qcow2" "$arg"
+    qemu_check_clean "$T/a.qcow2" || { echo "after $arg"; return 1; }
+    [ "$(qemu-img info --output=json "$T/a.qcow2" | jq '.["virtual-size"]')" = "$arg" ]
+    qemu-img compare -q "$T/a.qcow2" "$T/b.qcow2" || { echo "views differ after $arg"; return 1; }
+    same_bitmaps "$T/a.qcow2" "$T/b.qcow2" || { echo "after $arg"; return 1; }
+    "$top_builddir/utils/rb-check" -q "$T/a.qcow2" || { echo "rb-check after $arg"; return 1; }
+  done
+}
+
+@test "rb-resize resizes persistent bitmaps as qemu-img resize: one enabled bitmap, grow and shrink" {
+  # Growth keeps the partly used last bit, the new area is clean; a shrink drops the bits past the end.
+  twin_bitmaps 3000320 990208s 40000000 5000192s -- b0:65536
+}
+
+@test "rb-resize resizes persistent bitmaps as qemu-img resize: two bitmaps, one disabled, tables of several clusters" {
+  # At 512-byte granularity 40 MB take 10 KB of bits: a table of three 4K clusters.
+  twin_bitmaps 40000000 1000448s 3000320 -- on:512 off:4096:off
+  twin_bitmaps 2000384 500224s -- g64k:65536:off g4k:4096
+}
+
+@test "after rb-resize grows an image, writes into the new area are dirty in its enabled bitmap (qemu-io and the plugin)" {
+  local T="$BATS_TEST_TMPDIR"
+  bitmap_image "$T/a.qcow2" 1000448 65536 b0:65536 off:4096:off
+  cp "$T/a.qcow2" "$T/b.qcow2"
+  "$RBR" -q "$T/a.qcow2" 8M
+  qemu-img resize -q "$T/b.qcow2" 8M
+  qemu-io -c 'write -P 7 5M 4k' "$T/a.qcow2" >/dev/null
+  qemu-io -c 'write -P 7 5M 4k' "$T/b.qcow2" >/dev/null
+  qemu_dirty "$T/a.qcow2" b0 > "$T/got"
+  printf '%s\n' "0 65536" "262144 131072" "983040 65536" "5242880 65536" | diff - "$T/got"
+  "$RBR" -q "$T/a.qcow2" 16M
+  qemu-img resize -q "$T/b.qcow2" 16M
+  start_rblock "$T/a.qcow2"
+  nbdsh -u "$URI" -c 'h.pwrite(b"\x08" * 4096, 12 << 20)'
+  stop_rblock
+  qemu-io -c 'write -P 8 12M 4k' "$T/b.qcow2" >/dev/null
+  qemu_check_clean "$T/a.qcow2"
+  qemu_dirty "$T/a.qcow2" b0 > "$T/got"
+  printf '%s\n' "0 65536" "262144 131072" "983040 65536" "5242880 65536" "12582912 65536" |
+    diff - "$T/got"
+  [ "$(bitmap_flags "$T/a.qcow2" b0)" = auto ]
+  # The disabled bitmap kept its bits and recorded nothing: as QEMU's twin.
+  same_bitmaps "$T/a.qcow2" "$T/b.qcow2"
+  qemu-img compare -q "$T/a.qcow2" "$T/b.qcow2"
+}
+
+@test "an inconsistent (in-use) bitmap: rb-resize refuses as qemu-img, one line, image untouched" {
+  local T="$BATS_TEST_TMPDIR"
+  bitmap_image "$T/a.qcow2" 1000448 65536 b0:65536 off:4096:off
+  patch_bitmap "$T/a.qcow2" off flags 1
+  untouched_after "$T/a.qcow2" "$RBR" "$T/a.qcow2" 16M
+  [[ "$output" == *"'off' is inconsistent"* ]]
+  run qemu-img resize "$T/a.qcow2" 16M
+  [ "$status" -eq 1 ]
+  [[ "$output" == *inconsistent* ]]
+  # Too many bits at the new size: refused before anything is written (qemu-img resizes and
+  # loses the bitmap).
+  bitmap_image "$T/g.qcow2" 1000448 65536 g:512
+  untouched_after "$T/g.qcow2" "$RBR" "$T/g.qcow2" 3T
+  [[ "$output" == *"'g' would take"* ]]
 }

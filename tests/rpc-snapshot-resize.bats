@@ -2,9 +2,12 @@
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
 # JSON-RPC snapshots, snapshot_create and resize (issue 19) against qemu-img: lists equal,
 # snapshots QEMU applies, sizes qemu-img reports; refused on read-only servers; a snapshot
-# taken by the plugin while an NBD client writes is one of the disks the client wrote.
+# taken by the plugin while an NBD client writes is one of the disks the client wrote; a resize
+# of a served image with dirty bitmaps goes on tracking in the resized bitmaps.
 
 load helpers
+load chain-helpers
+load bitmap-helpers
 
 RB_RPC="$top_builddir/rpc/rb-rpc"
 
@@ -120,4 +123,34 @@ for i in range(8):
   qemu-img snapshot -a live "$IMG"
   qemu-img compare "$T/live.raw" "$IMG"
   ! cmp -s "$T/live.raw" "$T/now.raw"
+}
+
+@test "the plugin's resize with persistent bitmaps: writes before and after land in the resized bitmaps, as QEMU's twin" {
+  qemu-img bitmap --add "$IMG" on
+  qemu-img bitmap --add -g 4096 "$IMG" off
+  qemu-io -c 'write -P 1 0 4k' -c 'write -P 2 16773120 4k' "$IMG" >/dev/null
+  qemu-img bitmap --disable "$IMG" off
+  cp "$IMG" "$T/twin.qcow2"
+  start_rblock "$IMG" rpc="unix:$RSOCK" rpc-writable=true
+  nbdsh -u "$URI" -c 'h.pwrite(b"\x09" * 4096, 8 << 20)'
+  out=$(rpc '{"jsonrpc":"2.0","method":"resize","params":{"size":41943040},"id":1}')
+  [ "$(echo "$out" | jq .result.size)" = 41943040 ] || { echo "$out"; false; }
+  nbdsh -u "$URI" -c 'assert h.get_size() == 40 << 20' -c 'h.pwrite(b"\x0a" * 4096, 30 << 20)'
+  rpc_dirty "$RSOCK" on > "$T/got"
+  printf '%s\n' "0 65536" "8388608 65536" "16711680 65536" "31457280 65536" | diff - "$T/got"
+  out=$(rpc '{"jsonrpc":"2.0","method":"resize","params":{"size":25165824,"shrink":true},"id":2}')
+  [ "$(echo "$out" | jq .result.size)" = 25165824 ] || { echo "$out"; false; }
+  nbdsh -u "$URI" -c 'h.pwrite(b"\x0b" * 4096, 20 << 20)'
+  rpc_dirty "$RSOCK" on > "$T/got"
+  printf '%s\n' "0 65536" "8388608 65536" "16711680 65536" "20971520 65536" | diff - "$T/got"
+  stop_rblock
+  qemu-io -c 'write -P 9 8M 4k' "$T/twin.qcow2" >/dev/null
+  qemu-img resize -q "$T/twin.qcow2" 40M
+  qemu-io -c 'write -P 10 30M 4k' "$T/twin.qcow2" >/dev/null
+  qemu-img resize -q --shrink "$T/twin.qcow2" 24M
+  qemu-io -c 'write -P 11 20M 4k' "$T/twin.qcow2" >/dev/null
+  qemu_check_clean "$IMG"
+  qemu-img compare -q "$IMG" "$T/twin.qcow2"
+  [ "$(bitmap_names "$IMG")" = "$(printf '%s\n' "on 65536 auto" "off 4096 ")" ]
+  same_bitmaps "$IMG" "$T/twin.qcow2"
 }
