@@ -45,8 +45,7 @@ word_load (const struct bitmap_bits *bits, uint64_t w)
 static struct bitmap_bits *
 bits_alloc (uint64_t disk_size, unsigned granularity_bits)
 {
-  uint64_t nr_bits = (disk_size >> granularity_bits) +
-    !!(disk_size & ((1ULL << granularity_bits) - 1));
+  uint64_t nr_bits = bitmap_nr_bits (disk_size, granularity_bits);
   struct bitmap_bits *bits;
 
   bits = calloc (1, sizeof *bits + DIV_ROUND_UP (nr_bits, 64) * 8);

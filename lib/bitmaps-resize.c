@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,12 +81,11 @@ set_in_use (struct rb_image *img, struct bitmap *b, bool on)
 static void
 unmark (struct rb_image *img, struct bitmaps_resize *rs)
 {
-  int e = rb_errno ();
-  char msg[512];
+  struct saved_error saved;
   bool any = false;
   uint32_t i;
 
-  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  error_save (&saved);
   for (i = 0; i < rs->n; i++)
     if (rs->marked[i]) {
       set_in_use (img, &img->bitmaps[i], false);
@@ -97,7 +95,7 @@ unmark (struct rb_image *img, struct bitmaps_resize *rs)
     for (i = 0; i < rs->n; i++)
       if (rs->marked[i])
         set_in_use (img, &img->bitmaps[i], true);   /* as on disk */
-  rb_error (e, "%s", msg);
+  error_restore (&saved);
 }
 
 /* Refuse a resize the bitmaps cannot follow, before anything is written.
@@ -227,10 +225,9 @@ bitmaps_resize_finish (struct rb_image *img, struct bitmaps_resize *rs, bool swi
                 img->path, rb_errmsg ());
   }
   if (marked && bitmaps_commit (img, false, NULL, 0) == -1) {
-    int e = rb_errno ();
-    char msg[512];
+    struct saved_error saved;
 
-    snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+    error_save (&saved);
     for (i = 0; i < rs->n; i++)
       if (rs->marked[i]) {
         struct bitmap *b = &img->bitmaps[i];
@@ -239,8 +236,8 @@ bitmaps_resize_finish (struct rb_image *img, struct bitmaps_resize *rs, bool swi
         bits_free (b->bits);
         b->bits = NULL;
       }
-    r = rb_error (e, "%s: resized, but the disabled bitmaps could not be stored at the "
-                  "new size (they are left in use): %s", img->path, msg);
+    r = rb_error (saved.err, "%s: resized, but the disabled bitmaps could not be stored at "
+                  "the new size (they are left in use): %s", img->path, saved.msg);
   }
   plan_free (rs);
   return r;

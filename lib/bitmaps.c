@@ -63,14 +63,19 @@ unsupported_reason (struct rb_image *img, const struct bitmap *b)
   return NULL;
 }
 
+/* Bits of a bitmap of a disk_size-byte disk at granularity 2^granularity_bits. */
+uint64_t
+bitmap_nr_bits (uint64_t disk_size, unsigned granularity_bits)
+{
+  return granularity_bits >= 64 ? !!disk_size
+    : (disk_size >> granularity_bits) + !!(disk_size & ((1ULL << granularity_bits) - 1));
+}
+
 /* Bytes of bitmap data for a disk_size-byte disk at granularity 2^granularity_bits. */
 uint64_t
 bitmap_bytes_at (uint64_t disk_size, unsigned granularity_bits)
 {
-  uint64_t bits = granularity_bits >= 64 ? !!disk_size
-    : (disk_size >> granularity_bits) + !!(disk_size & ((1ULL << granularity_bits) - 1));
-
-  return DIV_ROUND_UP (bits, 8);
+  return DIV_ROUND_UP (bitmap_nr_bits (disk_size, granularity_bits), 8);
 }
 
 /* Bytes of bitmap data for the disk at granularity 2^granularity_bits. */

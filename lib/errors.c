@@ -62,6 +62,21 @@ rb_errno (void)
   return errnum;
 }
 
+/* Keep this thread's last error in s (see error_restore). */
+void
+error_save (struct saved_error *s)
+{
+  s->err = errnum;
+  snprintf (s->msg, sizeof s->msg, "%s", errmsg);
+}
+
+/* Record the error kept in s as this thread's last error again.  Returns -1. */
+int
+error_restore (const struct saved_error *s)
+{
+  return rb_error (s->err, "%s", s->msg);
+}
+
 static rb_warning_fn warning_fn;
 static void *warning_opaque;
 

@@ -17,6 +17,13 @@
 /* ---- errors.c ---- */
 int rb_error (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
 int rb_error_errno (int err, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
+/* This thread's last error, kept across clean-up work that may record others. */
+struct saved_error {
+  int err;
+  char msg[512];
+};
+void error_save (struct saved_error *s);
+int error_restore (const struct saved_error *s);   /* records it again; returns -1 */
 /* Pass a one-line warning to the function set with rb_set_warning_fn (or drop it). */
 void rb_warning (const char *fmt, ...) __attribute__((format (printf, 1, 2)));
 
@@ -301,6 +308,7 @@ void bitmaps_free (struct rb_image *img);
 struct bitmap *bitmap_find (struct rb_image *img, const char *name);
 uint64_t bitmap_bytes (struct rb_image *img, unsigned granularity_bits);  /* of data */
 uint64_t bitmap_bytes_at (uint64_t disk_size, unsigned granularity_bits);
+uint64_t bitmap_nr_bits (uint64_t disk_size, unsigned granularity_bits);
 /* bitmaps-data.c */
 void bitmaps_note_write (struct rb_image *img, uint64_t offset, uint64_t count);
 struct bitmap_bits *bits_new (struct rb_image *img, unsigned granularity_bits);

@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -235,8 +234,8 @@ resize_with_bitmaps (struct rb_image *img, uint64_t new_size, bool zero, const u
 {
   struct bitmaps_resize *rs;
   uint64_t old_size = img->size;
-  char msg[512];
-  int r, e;
+  struct saved_error saved;
+  int r;
 
   if (prepare_first_write (img) == -1 || bitmaps_resize_prepare (img, new_size, &rs) == -1)
     return -1;
@@ -244,12 +243,11 @@ resize_with_bitmaps (struct rb_image *img, uint64_t new_size, bool zero, const u
     r = grow_locked (img, new_size, zero, tail);
   else
     r = shrink_locked (img, new_size);      /* rb_close cuts the freed tail off */
-  e = rb_errno ();
-  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  error_save (&saved);
   if (bitmaps_resize_finish (img, rs, img->size != old_size) == -1 && r == 0)
     return -1;
   if (r == -1)
-    rb_error (e, "%s", msg);
+    error_restore (&saved);
   return r;
 }
 

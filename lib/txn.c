@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -259,16 +258,15 @@ void
 txn_abort (struct txn *t)
 {
   struct rb_image *img = t->img;
-  int e = rb_errno ();
-  char msg[512];
+  struct saved_error saved;
   size_t i;
 
-  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  error_save (&saved);
   for (i = 0; i < t->nr_allocs; i++)
     release_unused (img, t->allocs[i].host_offset, t->allocs[i].nr);
   flush_metadata (img);
   txn_free (t);
-  rb_error (e, "%s", msg);
+  error_restore (&saved);
 }
 
 /* Build the refcount block for table index rt: the current one with the
