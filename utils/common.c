@@ -275,3 +275,19 @@ output_discard (void)
     tmp_path[0] = '\0';
   }
 }
+
+unsigned
+threads_wanted (long given, unsigned max_auto, unsigned max)
+{
+  const char *env = getenv ("RBLOCK_THREADS");
+  long n = given;
+
+  if (n == 0 && env && *env)
+    n = atol (env);
+  if (n <= 0) {
+    n = sysconf (_SC_NPROCESSORS_ONLN);
+    if (n > (long) max_auto)
+      n = max_auto;
+  }
+  return n < 1 ? 1 : n > (long) max ? max : n;
+}

@@ -59,6 +59,11 @@ void output_discard (void);      /* remove the temporary */
 
 double now (void);
 
+/* Threads to start, the utilities' one convention: given if > 0, else
+ * RBLOCK_THREADS if set, else the online CPUs up to max_auto; 1 to max.
+ */
+unsigned threads_wanted (long given, unsigned max_auto, unsigned max);
+
 
 
 #define MAX_U64(a, b) ((uint64_t) (a) > (uint64_t) (b) ? (uint64_t) (a) : (uint64_t) (b))

@@ -301,8 +301,6 @@ struct dirty_scan *
 dirty_open (const char *new_name, const struct dirty_opts *o)
 {
   struct dirty_scan *ds = calloc (1, sizeof *ds);
-  const char *env = getenv ("RBLOCK_THREADS");
-  long n;
   int r;
 
   if (!ds || !(ds->name = strdup (new_name))) {
@@ -320,12 +318,8 @@ dirty_open (const char *new_name, const struct dirty_opts *o)
   }
   if (ds->h)
     ds->workers = ds->nh;
-  else {
-    n = o->threads ? (long) o->threads : env && *env ? atol (env) : sysconf (_SC_NPROCESSORS_ONLN);
-    if (!o->threads && !(env && *env) && n > 4)
-      n = 4;
-    ds->workers = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
-  }
+  else
+    ds->workers = threads_wanted (o->threads, 4, MAX_THREADS);
   return ds;
 }
 

@@ -225,22 +225,6 @@ worker (void *arg)
   return NULL;
 }
 
-unsigned
-threads_wanted (long given, unsigned max_auto, unsigned max)
-{
-  const char *env = getenv ("RBLOCK_THREADS");
-  long n = given;
-
-  if (n == 0 && env && *env)
-    n = atol (env);
-  if (n <= 0) {
-    n = sysconf (_SC_NPROCESSORS_ONLN);
-    if (n > (long) max_auto)
-      n = max_auto;
-  }
-  return n < 1 ? 1 : n > (long) max ? max : n;
-}
-
 /* Workers to start: opts, else RBLOCK_THREADS, else the online CPUs (capped). */
 static unsigned
 nr_workers (const struct pair_scan_opts *o)

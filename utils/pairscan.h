@@ -78,9 +78,4 @@ struct pair_scan_opts {
 int pair_scan (struct source *a, struct source *b, const struct pair_scan_opts *opts,
                pair_block_fn block_fn, pair_commit_fn commit_fn, void *opaque);
 
-/* Threads to start, the utilities' one convention: given if > 0, else
- * RBLOCK_THREADS if set, else the online CPUs up to max_auto; 1 to max.
- */
-unsigned threads_wanted (long given, unsigned max_auto, unsigned max);
-
 #endif

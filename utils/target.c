@@ -17,7 +17,6 @@
 
 #include "common.h"
 #include "copier.h"
-#include "pairscan.h"
 #include "target.h"
 
 #define ZERO_BUF (1u << 20)
