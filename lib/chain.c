@@ -87,8 +87,8 @@ static int
 copy_direct (struct rb_image *src, uint64_t host, struct rb_image *base, uint64_t off,
              uint64_t n, bool *off_switch)
 {
-  loff_t in = host, out;
   struct run r;
+  uint64_t size, avail;
   int ret = 0;
 
   if (*off_switch || base->is_raw)
@@ -102,23 +102,21 @@ copy_direct (struct rb_image *src, uint64_t host, struct rb_image *base, uint64_
   else
     ret = overlap_check (base, r.host_offset, n, OV_DATA) == -1 ? -1 : 1;
   pthread_mutex_unlock (&base->meta_lock);
-  out = r.host_offset;
-  while (ret == 1 && (uint64_t) (out - r.host_offset) < n) {
-    uint64_t left = n - (out - r.host_offset);
-    ssize_t c = copy_file_range (src->fd, &in, base->fd, &out, left, 0);
-    if (c == -1 && out == (loff_t) r.host_offset &&
-        (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-      *off_switch = true;       /* not between these files: write them */
+  /* The source file may end inside its last cluster: the rest reads as zeros. */
+  size = file_size_now (src);
+  avail = host < size ? MIN (n, size - host) : 0;
+  if (ret == 1 && avail &&
+      full_copy_range (src->fd, host, base->fd, r.host_offset, avail, IO_DATA_WRITE) == -1) {
+    if (rb_errno () == ENOTSUP) {
+      *off_switch = true;       /* not between these files (or a replay log): write them */
       ret = 0;
     }
-    else if (c == -1)
-      ret = rb_error_errno (errno, "%s: copying into %s", src->path, base->path);
-    else if (c == 0) {
-      /* The source file ends inside its last cluster: the rest reads as zeros. */
-      ret = file_zero_range (base->fd, out, left, IO_DATA_WRITE) == -1 ? -1 : 1;
-      out += left;
-    }
+    else
+      ret = rb_error_errno (rb_errno (), "%s: copying into %s", src->path, base->path);
   }
+  if (ret == 1 && avail < n &&
+      file_zero_range (base->fd, r.host_offset + avail, n - avail, IO_DATA_WRITE) == -1)
+    ret = -1;
   if (ret == 1)
     bitmaps_note_write (base, off, n);
   pthread_rwlock_unlock (&base->io_lock);

@@ -91,6 +91,31 @@ twin_commit () {
   cmp "$T/a/top.qcow2" "$T/b/top.qcow2" || qemu-img compare "$T/a/top.qcow2" "$T/b/top.qcow2"
 }
 
+@test "a data cluster cut short by the end of TOP's file (rblock writes only the guest's bytes) commits as TOP's view, as qemu-img" {
+  local T="$BATS_TEST_TMPDIR" o
+  mkdir -p "$T/a" "$T/b"
+  qemu-img create -q -f qcow2 "$T/a/base.qcow2" 4M
+  qemu-io -c 'write -P 0x61 0 4M' "$T/a/base.qcow2" >/dev/null
+  # mid zeroes cluster 1; TOP's write there has nothing below, so the plugin writes 4 KiB
+  # into a fresh cluster at the end of the file: the file ends inside that cluster.
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$T/a/mid.qcow2"
+  qemu-io -c 'write -z 64k 64k' "$T/a/mid.qcow2" >/dev/null
+  qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 "$T/a/top.qcow2"
+  start_rblock "$T/a/top.qcow2"
+  qemu-io -f raw -c 'write -P 0x62 68k 4k' "$URI" >/dev/null
+  stop_rblock
+  host=$(qemu-img map --output=json "$T/a/top.qcow2" | jq '.[] | select(.start == 65536 and .depth == 0) | .offset')
+  [ $(( $(stat -c %s "$T/a/top.qcow2") - host )) -lt 65536 ]
+  cp "$T/a/"* "$T/b/"
+  qemu-img convert -O raw "$T/a/top.qcow2" "$T/want.raw"
+  "$RBC" -q -b "$T/a/base.qcow2" "$T/a/top.qcow2"
+  qemu-img commit -q -b "$T/b/base.qcow2" "$T/b/top.qcow2"
+  for o in a b; do
+    qemu_check_clean "$T/$o/base.qcow2"
+    qemu-img compare "$T/want.raw" "$T/$o/base.qcow2"
+  done
+}
+
 @test "a chain of rb-delta increments committed into the full backup equals the final disk" {
   local T="$BATS_TEST_TMPDIR" d
   truncate -s 8M "$T/day0.raw"
