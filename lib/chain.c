@@ -4,7 +4,6 @@
 #include <config.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,24 +135,16 @@ make_writable (struct rb_image *b)
 }
 
 /* Zero [off, off+len) of base: zero clusters (or unallocated) in a qcow2
- * base, a punched hole (or written zeros) in a raw one.
+ * base, a punched hole (else zeros as file_zero_range makes them) in a raw one.
  */
 static int
-base_zero (struct rb_image *base, uint64_t off, uint64_t len, uint8_t *zbuf)
+base_zero (struct rb_image *base, uint64_t off, uint64_t len)
 {
   if (!base->is_raw)
     return rb_zero (base, len, off, RB_MAY_TRIM);
-  if (fallocate (base->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) == 0)
+  if (file_punch_hole (base->fd, off, len))
     return 0;
-  while (len > 0) {
-    uint64_t n = MIN (len, CHUNK);
-    memset (zbuf, 0, n);
-    if (full_pwrite (base->fd, zbuf, n, off, IO_DATA_WRITE) == -1)
-      return -1;
-    off += n;
-    len -= n;
-  }
-  return 0;
+  return file_zero_range (base->fd, off, len, IO_DATA_WRITE);
 }
 
 /* Write len bytes of data at off into base. */
@@ -199,11 +190,11 @@ copy_into_base (struct rb_image *top, struct rb_image *base, rb_progress_fn fn, 
     if (st == ALLOC_DATA && c == 0) {
       if (rb_pread (top, buf, n, off) == -1)
         return -1;
-      if (is_zero (buf, n) ? base_zero (base, off, n, buf) == -1
+      if (is_zero (buf, n) ? base_zero (base, off, n) == -1
           : base_write (base, buf, off, n) == -1)
         return -1;
     }
-    else if (st == ALLOC_ZERO && base_zero (base, off, n, buf) == -1)
+    else if (st == ALLOC_ZERO && base_zero (base, off, n) == -1)
       return -1;
     off += n;
     if (fn)

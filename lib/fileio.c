@@ -313,17 +313,19 @@ file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev)
   return r;
 }
 
-void
+bool
 file_punch_hole (int fd, uint64_t offset, uint64_t count)
 {
-  bool logged = iolog_on ();
+  bool logged = iolog_on (), punched;
 
   if (logged)
     pthread_mutex_lock (&iolog_lock);
-  if (try_fallocate (fd, FALLOC_FL_PUNCH_HOLE, offset, count, &no_punch_hole) == 0 && logged)
+  punched = try_fallocate (fd, FALLOC_FL_PUNCH_HOLE, offset, count, &no_punch_hole) == 0;
+  if (punched && logged)
     iolog ('Z', NULL, count, offset);
   if (logged)
     pthread_mutex_unlock (&iolog_lock);
+  return punched;
 }
 
 /* The file must reach at least `end` bytes (a cluster that holds only

@@ -52,8 +52,9 @@ int file_sync (int fd, enum io_event ev);
 int file_zero_range (int fd, uint64_t offset, uint64_t count, enum io_event ev);
 /* Give [offset, offset+count) back to the file system (PUNCH_HOLE, keeping
  * the size); best effort: nothing happens where punching is not supported.
+ * true if the range was punched.
  */
-void file_punch_hole (int fd, uint64_t offset, uint64_t count);
+bool file_punch_hole (int fd, uint64_t offset, uint64_t count);
 int file_extend (int fd, uint64_t end);
 int fault_check (enum io_event ev);   /* 0, or -1 with the injected error recorded */
 int file_size (int fd, uint64_t *size);   /* regular file or block device */
