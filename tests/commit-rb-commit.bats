@@ -188,13 +188,9 @@ twin_commit () {
   untouched_after "$T/top.qcow2" "$RBC" -b "$T/missing.qcow2" "$T/top.qcow2"
   # The base open for writing by qemu-io: refused before anything is written.
   cp "$T/base.qcow2" "$T/base.before"
-  mkfifo "$T/fifo"
-  qemu-io "$T/base.qcow2" < "$T/fifo" >/dev/null & pid=$!
-  exec {w}>"$T/fifo"
-  wait_until "$RB_WAIT" "qemu-io to hold base.qcow2" eval '! qemu-img info "$T/base.qcow2" >/dev/null 2>&1'
+  qemu_io_hold "$T/base.qcow2"
   run "$RBC" "$T/top.qcow2"
-  exec {w}>&-
-  wait $pid
+  qemu_io_release
   [ "$status" -eq 1 ]
   [[ "$output" == *"in use"* ]] || [[ "$output" == *lock* ]]
   cmp "$T/base.qcow2" "$T/base.before"

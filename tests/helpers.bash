@@ -23,6 +23,29 @@ wait_until () {
   done
 }
 
+# qemu_io_hold IMAGE: qemu-io holds IMAGE open for writing (with QEMU's write lock) until
+# qemu_io_release.  Returns once qemu-io has answered a command, so the image is open and
+# locked; a probe with qemu-img instead would itself hold a lock at times, and qemu-io,
+# opening in such a moment, gives up.
+qemu_io_hold () {
+  local fifo="$BATS_TEST_TMPDIR/qemu-io.fifo"
+  QIO_OUT="$BATS_TEST_TMPDIR/qemu-io.out"
+  rm -f "$fifo" "$QIO_OUT"
+  mkfifo "$fifo"
+  qemu-io "$1" < "$fifo" > "$QIO_OUT" 2>&1 & QIO_PID=$!
+  exec {QIO_FD}>"$fifo"
+  echo length >&"$QIO_FD"
+  wait_until "$RB_WAIT" "qemu-io to open $1" qemu_io_answered
+  grep -q 'qemu-io> .*[0-9]' "$QIO_OUT" || { cat "$QIO_OUT"; return 1; }
+}
+qemu_io_answered () { grep -q 'qemu-io> .*[0-9]' "$QIO_OUT" || ! kill -0 "$QIO_PID" 2>/dev/null; }
+
+# qemu_io_release: qemu-io of qemu_io_hold closes the image and exits (0).
+qemu_io_release () {
+  exec {QIO_FD}>&-
+  wait "$QIO_PID"
+}
+
 # wait_progress PID FILE IDLE CAP WHAT: wait for process PID to end while FILE (its log) keeps
 # growing: it may run as long as it makes progress, IDLE seconds at most without a new byte
 # in FILE, CAP seconds in all.  0 when PID ended (its status is the caller's to collect);

@@ -93,15 +93,11 @@ twin_run () {
   [ "$status" -eq 0 ]
   [ "$(echo "$output" | jq -S .)" = "$(qemu-img info --output=json "$T/a.qcow2" | jq -S .snapshots)" ]
   # While qemu-io has the image open for writing: -l fails on the lock, -l -U lists.
-  mkfifo "$T/fifo"
-  qemu-io "$T/a.qcow2" < "$T/fifo" >/dev/null & pid=$!
-  exec {w}>"$T/fifo"
-  wait_until "$RB_WAIT" "qemu-io to hold a.qcow2" eval '! qemu-img info "$T/a.qcow2" >/dev/null 2>&1'
+  qemu_io_hold "$T/a.qcow2"
   run "$RBS" -l "$T/a.qcow2"
   [ "$status" -eq 1 ]
   run "$RBS" -l -U "$T/a.qcow2"
-  exec {w}>&-
-  wait $pid
+  qemu_io_release
   [ "$status" -eq 0 ]
   [[ "$output" == *"second one"* ]]
 }
