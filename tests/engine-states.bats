@@ -57,9 +57,7 @@ make_dirty () {
   pid=$!
   # Wait (without taking locks that could make qemu-io fail) until QEMU holds
   # its write lock (byte 101, in /proc/locks).
-  ino=$(stat -c %i "$T/l.qcow2")
-  wait_until "$RB_WAIT" "qemu-io's write lock (byte 101) in /proc/locks" eval \
-    'awk -v i=":$ino" '"'"'$0 ~ i " " && $(NF-1) <= 101 && $NF >= 101 { f = 1 } END { exit !f }'"'"' /proc/locks'
+  wait_until "$RB_WAIT" "qemu-io's write lock (byte 101) in /proc/locks" holds_write_lock "$T/l.qcow2"
   kill -0 "$pid"
   run "$RB_TOOL" write "$T/l.qcow2" 0 512 1
   kill "$pid"; wait "$pid" || true
@@ -73,8 +71,11 @@ make_dirty () {
   qemu-img convert -O raw "$T/w.qcow2" "$T/d/mirror"
   "$RB_TOOL" random "$T/w.qcow2" "$T/d" 1 100000000 &
   pid=$!
-  wait_until "$RB_WAIT" "qemu-img info to be refused the lock" \
-    eval 'run qemu-img info "$T/w.qcow2"; [[ "$output" == *"lock"* ]]'
+  # Probing with qemu-img info until it is refused would race: a probe holding its shared
+  # lock at the moment rb-tool opens makes rb-tool give up.  /proc/locks takes no lock.
+  wait_until "$RB_WAIT" "rb-tool's write lock (byte 101) in /proc/locks" holds_write_lock "$T/w.qcow2"
+  kill -0 "$pid"
+  run qemu-img info "$T/w.qcow2"
   kill -9 "$pid"; wait "$pid" || true
   [ "$status" -ne 0 ]
   [[ "$output" == *'Failed to get shared "write" lock'* ]]

@@ -23,6 +23,12 @@ wait_until () {
   done
 }
 
+# holds_write_lock FILE: some process holds QEMU's "write" permission lock (byte 101) on FILE
+# (/proc/locks: looking takes no lock, so it cannot make the holder's open fail).
+holds_write_lock () {
+  awk -v i=":$(stat -c %i "$1") " '$0 ~ i && $(NF-1) <= 101 && $NF >= 101 { f = 1 } END { exit !f }' /proc/locks
+}
+
 # qemu_io_hold IMAGE: qemu-io holds IMAGE open for writing (with QEMU's write lock) until
 # qemu_io_release.  Returns once qemu-io has answered a command, so the image is open and
 # locked; a probe with qemu-img instead would itself hold a lock at times, and qemu-io,
