@@ -2,7 +2,8 @@
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
 # rb-convert vs qemu-img convert on a source that is about half random data in scattered
 # 1 MiB extents and half zeros (written zeros and holes), rounds interleaved A/B.
-# SIZE_MB=... RUNS=... ; TMPDIR=... picks the file system (source and outputs on it).
+# SIZE_MB=... RUNS=... ; TMPDIR=... picks the file system (source and outputs on it);
+# RB_ARGS=... more rb-convert options (RB_ARGS=-C: the kernel's copy_file_range path).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 mb=${SIZE_MB:-1024}
@@ -47,6 +48,8 @@ median () { sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 
 compare () {
   local label=$1 r q i; shift
   local rb_args=() qi_args=()
+  # shellcheck disable=SC2206
+  rb_args=(${RB_ARGS:-})
   while [ "$1" != -- ]; do rb_args+=("$1"); shift; done; shift
   qi_args=("$@")
   : > "$work/rb.t"; : > "$work/qi.t"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
-# rb-convert's copier threads (RBLOCK_THREADS): a source of hundreds of scattered data runs
+# rb-convert's copier threads (RBLOCK_THREADS; the kernel copies the data with -C): a source of hundreds of scattered data runs
 # comes out the same with 1 and 3 threads (qemu-img compare, check, and byte for byte), the
 # copies after the first are made off the main thread, and a copy failing in a copier thread
 # (ENOSPC, EIO) is one line, exit 2, no output left.
@@ -50,7 +50,7 @@ copy_threads () {
   for cs in 4K 64K 2M; do
     for n in 1 3; do
       RBLOCK_THREADS=$n strace -f -qq -e trace=execve,copy_file_range -o "$T/trace$n" \
-        "$RB_CONVERT" -c $cs "$T/src.raw" "$T/t$n.qcow2"
+        "$RB_CONVERT" -C -c $cs "$T/src.raw" "$T/t$n.qcow2"
       run qemu-img compare "$T/src.raw" "$T/t$n.qcow2"
       [ "$status" -eq 0 ] || { echo "-c $cs, $n threads: $output"; false; }
       qemu_check_clean "$T/t$n.qcow2"
@@ -67,7 +67,7 @@ copy_threads () {
   done
   for n in 1 3; do
     RBLOCK_THREADS=$n strace -f -qq -e trace=execve,copy_file_range -o "$T/trace$n" \
-      "$RB_CONVERT" -O raw "$T/src.raw" "$T/r$n.raw"
+      "$RB_CONVERT" -C -O raw "$T/src.raw" "$T/r$n.raw"
     cmp "$T/src.raw" "$T/r$n.raw"
   done
   read -r m1 o1 k1 < <(copy_threads "$T/trace1")
@@ -84,7 +84,7 @@ copy_threads () {
   scattered "$T/src.raw" 24 200
   head -c $((24 * 1048576)) /dev/urandom > "$T/disk.raw"
   RBLOCK_THREADS=3 strace -f -qq -e trace=execve,copy_file_range -o "$T/trace" \
-    "$RB_CONVERT" -n "$T/src.raw" "$T/disk.raw"
+    "$RB_CONVERT" -C -n "$T/src.raw" "$T/disk.raw"
   cmp -n "$(stat -c %s "$T/src.raw")" "$T/src.raw" "$T/disk.raw"
   read -r m o k < <(copy_threads "$T/trace")
   [ "$m" -eq 1 ] && [ "$o" -gt 50 ] || { echo "$m $o $k"; false; }
@@ -93,7 +93,7 @@ copy_threads () {
 @test "rb-convert: EIO in a copier thread's copy: one line naming the output, exit 2, nothing left" {
   scattered "$T/src.raw" 24 200
   for n in 1 3; do
-    RBLOCK_THREADS=$n RBLOCK_FAULT=data_write:EIO:after=40 run "$RB_CONVERT" "$T/src.raw" "$T/out.qcow2"
+    RBLOCK_THREADS=$n RBLOCK_FAULT=data_write:EIO:after=40 run "$RB_CONVERT" -C "$T/src.raw" "$T/out.qcow2"
     [ "$status" -eq 2 ] || { echo "$n threads: status $status: $output"; false; }
     [ "${#lines[@]}" -eq 1 ] || { echo "$output"; false; }
     [[ "$output" == "rb-convert: $T/out.qcow2: "*"Input/output error"* ]] || { echo "$output"; false; }
@@ -113,7 +113,7 @@ copy_threads () {
   for fmt in qcow2 raw; do
     out="$T/small/out.$fmt"
     RBLOCK_THREADS=3 strace -f -qq -e trace=execve,copy_file_range -o "$T/trace" \
-      "$RB_CONVERT" -O $fmt $([ $fmt = raw ] || echo -c 4K) "$T/small/src.raw" "$out" 2> "$T/err" && { echo "$fmt: succeeded"; false; }
+      "$RB_CONVERT" -C -O $fmt $([ $fmt = raw ] || echo -c 4K) "$T/small/src.raw" "$out" 2> "$T/err" && { echo "$fmt: succeeded"; false; }
     [ "$(wc -l < "$T/err")" -eq 1 ] || { cat "$T/err"; false; }
     grep -q "^rb-convert: $out: .*No space left on device" "$T/err" || { cat "$T/err"; false; }
     # It was a copier thread's copy that failed.

@@ -76,10 +76,10 @@ restored_equals () {
   [ "$(echo "$info" | jq -r '."backing-filename"')" = base.raw ]
 }
 
-@test "rb-convert -n from a raw file source onto a raw file: copy_file_range for the data" {
+@test "rb-convert -n -C from a raw file source onto a raw file: copy_file_range for the data" {
   qemu-img convert -O raw "$T/backup.qcow2" "$T/src.raw"
   cp "$T/stale.raw" "$T/disk.raw"
-  traced "$T/trace" "$RB_CONVERT" -n -O raw "$T/src.raw" "$T/disk.raw"
+  traced "$T/trace" "$RB_CONVERT" -n -C -O raw "$T/src.raw" "$T/disk.raw"
   restored_equals "$T/disk.raw"
   [ "$(grep -c 'copy_file_range' "$T/trace")" -gt 0 ]
   [ "$(grep -c 'pwrite64' "$T/trace")" -eq 0 ]
