@@ -50,6 +50,21 @@ twin_commit () {
     "$(qemu-img map --output=json "$T/b/top.qcow2" | jq '[.[] | select(.depth == 0) | .length] | add')" ]
 }
 
+# twin_commit_b: the chain in $T/a copied to $T/b, committed down to base.qcow2 by
+# rb-commit -b (a) and qemu-img commit -b (b); $T/want.raw is TOP's old view, and each base
+# checks clean and equals it.
+twin_commit_b () {
+  local T="$BATS_TEST_TMPDIR" o
+  cp "$T/a/"* "$T/b/"
+  qemu-img convert -O raw "$T/a/top.qcow2" "$T/want.raw"
+  "$RBC" -q -b "$T/a/base.qcow2" "$T/a/top.qcow2"
+  qemu-img commit -q -b "$T/b/base.qcow2" "$T/b/top.qcow2"
+  for o in a b; do
+    qemu_check_clean "$T/$o/base.qcow2"
+    qemu-img compare "$T/want.raw" "$T/$o/base.qcow2"
+  done
+}
+
 @test "rb-commit matches qemu-img commit: qcow2 and raw bases, extended L2 and version 2 tops" {
   twin_commit "" ""
   twin_commit raw ""
@@ -78,21 +93,16 @@ twin_commit () {
   mk_top "$T/a" base.qcow2 mid.qcow2
   qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 "$T/a/top.qcow2"
   qemu-io -c 'write -P 0x73 100k 300k' -c 'write -z 2M 64k' "$T/a/top.qcow2" >/dev/null
-  cp "$T/a/"* "$T/b/"
-  qemu-img convert -O raw "$T/a/top.qcow2" "$T/want.raw"
-  "$RBC" -q -b "$T/a/base.qcow2" "$T/a/top.qcow2"
-  qemu-img commit -q -b "$T/b/base.qcow2" "$T/b/top.qcow2"
+  twin_commit_b
   for o in a b; do
-    qemu_check_clean "$T/$o/base.qcow2"
     qemu_check_clean "$T/$o/top.qcow2"
-    qemu-img compare "$T/want.raw" "$T/$o/base.qcow2"
     qemu-img compare "$T/want.raw" "$T/$o/top.qcow2"
   done
   cmp "$T/a/top.qcow2" "$T/b/top.qcow2" || qemu-img compare "$T/a/top.qcow2" "$T/b/top.qcow2"
 }
 
 @test "a data cluster cut short by the end of TOP's file (rblock writes only the guest's bytes) commits as TOP's view, as qemu-img" {
-  local T="$BATS_TEST_TMPDIR" o
+  local T="$BATS_TEST_TMPDIR"
   mkdir -p "$T/a" "$T/b"
   qemu-img create -q -f qcow2 "$T/a/base.qcow2" 4M
   qemu-io -c 'write -P 0x61 0 4M' "$T/a/base.qcow2" >/dev/null
@@ -106,14 +116,7 @@ twin_commit () {
   stop_rblock
   host=$(qemu-img map --output=json "$T/a/top.qcow2" | jq '.[] | select(.start == 65536 and .depth == 0) | .offset')
   [ $(( $(stat -c %s "$T/a/top.qcow2") - host )) -lt 65536 ]
-  cp "$T/a/"* "$T/b/"
-  qemu-img convert -O raw "$T/a/top.qcow2" "$T/want.raw"
-  "$RBC" -q -b "$T/a/base.qcow2" "$T/a/top.qcow2"
-  qemu-img commit -q -b "$T/b/base.qcow2" "$T/b/top.qcow2"
-  for o in a b; do
-    qemu_check_clean "$T/$o/base.qcow2"
-    qemu-img compare "$T/want.raw" "$T/$o/base.qcow2"
-  done
+  twin_commit_b
 }
 
 @test "a chain of rb-delta increments committed into the full backup equals the final disk" {
