@@ -24,20 +24,26 @@ teardown () {
   if [ -s "${T:-}/warm.pid" ]; then kill "$(cat "$T/warm.pid")" 2>/dev/null || true; fi
 }
 
-# serve_tcp IMAGE [nbdkit options]: nbdkit on 127.0.0.1 at a free port; sets PORT.
-# SERVE_PARAMS: more key=value parameters after the plugin's (for filters).
-serve_tcp () {
-  local img=$1 p; shift
-  PIDFILE="$T/nbdkit.pid"
+# listen_tcp NAME NBDKIT_ARGS...: nbdkit on 127.0.0.1 at a free port, its pid in $T/NAME.pid
+# and its messages in $T/NAME.err; sets LISTEN_PORT.
+listen_tcp () {
+  local name=$1 p; shift
   for p in $(shuf -i 20000-60000 -n 20); do
-    # shellcheck disable=SC2086
-    if nbdkit -i 127.0.0.1 -p "$p" -P "$PIDFILE" "$@" "$RBLOCK_SO" file="$img" ${SERVE_PARAMS:-} \
-         2>"$T/nbdkit.err"; then
-      PORT=$p
+    if nbdkit -i 127.0.0.1 -p "$p" -P "$T/$name.pid" "$@" 2>"$T/$name.err"; then
+      LISTEN_PORT=$p
       return 0
     fi
   done
-  cat "$T/nbdkit.err"; return 1
+  cat "$T/$name.err"; return 1
+}
+
+# serve_tcp IMAGE [nbdkit options]: the plugin serving IMAGE (listen_tcp nbdkit: stop_rblock
+# stops it); sets PORT.  SERVE_PARAMS: more key=value parameters after the plugin's (filters).
+serve_tcp () {
+  local img=$1; shift
+  PIDFILE="$T/nbdkit.pid"
+  # shellcheck disable=SC2086
+  listen_tcp nbdkit "$@" "$RBLOCK_SO" file="$img" ${SERVE_PARAMS:-} && PORT=$LISTEN_PORT
 }
 
 # boot SCENARIO [qemu args]: boot the guest, serial console in $T/serial.log (BOOT_APPEND: more
@@ -120,15 +126,11 @@ damaged () {
 
 @test "kernel nbd-client with 4 connections (multi-conn): 4 connections counted on the host, writes spread over several" {
   local n used
-  local p wport=
   qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
   SERVE_PARAMS="logfile=$T/log.txt" serve_tcp "$T/disk.qcow2" --filter=log
   # The guest's warm-up devices (see tests/vm/guest-nbd4.sh) connect to a server of their own.
-  for p in $(shuf -i 20000-60000 -n 20); do
-    nbdkit -i 127.0.0.1 -p "$p" -P "$T/warm.pid" memory 16M 2>>"$T/nbdkit.err" && { wport=$p; break; }
-  done
-  [ -n "$wport" ]
-  BOOT_APPEND="rb.warm=$wport" boot nbd4 -smp 4
+  listen_tcp warm memory 16M
+  BOOT_APPEND="rb.warm=$LISTEN_PORT" boot nbd4 -smp 4
   kill "$(cat "$T/warm.pid")" && rm "$T/warm.pid"
   stop_rblock
   host_checks "$T/disk.qcow2"
