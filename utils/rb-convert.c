@@ -250,15 +250,16 @@ add_run (struct convert *cv, uint64_t off, uint64_t len, uint64_t whole, const u
 static void
 scan_units (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail, const uint8_t *p)
 {
+  bool mapped = p != cv->cur->buf, zero;
   uint64_t k, j;
-  bool zero;
 
   for (k = 0; k < n; k += cv->unit) {
     zero = cv->sparse && all_zero (p + k, cv->unit);
-    /* Data: every page touched here, where a page that cannot be read is
-     * caught (see scan_chunk), not in a later write from the mapping (EFAULT).
+    /* Data in a mapping: every page touched here, where a page that cannot
+     * be read is caught (see scan_chunk), not in a later write from the
+     * mapping (EFAULT).  A read buffer needs no such look.
      */
-    for (j = 0; !zero && j < cv->unit; j += 4096)
+    for (j = 0; mapped && !zero && j < cv->unit; j += 4096)
       (void) *(const volatile uint8_t *) (p + k + j);
     add_run (cv, pos + k, MIN_U64 (cv->unit, avail - MIN_U64 (k, avail)), cv->unit, p + k, zero);
   }
