@@ -6,8 +6,35 @@ build=${RB_BUILD:-$top/build}
 plugin="$build/rblock.so"
 [ -e "$plugin" ] || { echo "no $plugin: build first (bash scripts/setup.sh build) or set RB_BUILD"; exit 2; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/rblock-bench.XXXXXX")
-trap 'stop_server; rm -rf "$work"' EXIT
+trap 'stop_server; rm -rf "$work"; restore_page_reporting' EXIT
 SERVER_PID=
+
+# Free page reporting: a VM that gives its freed memory back to the host (virtio-balloon,
+# /sys/module/page_reporting) pays a host fault, at random, for the fresh pages every
+# round's output takes: single rounds of the same command swing 0.2x-10x and the ratios
+# are noise.  RB_BENCH_NO_PAGE_REPORTING=1 (root) stops it for the benchmark (an order
+# above the largest: nothing is reported), touches the free memory once so that it is
+# backed again, and puts the old order back at the end.  Without it, a line says so.
+page_reporting_param=/sys/module/page_reporting/parameters/page_reporting_order
+page_reporting_old=
+restore_page_reporting () {
+  [ -z "$page_reporting_old" ] || echo "$page_reporting_old" > "$page_reporting_param"
+}
+if [ -r "$page_reporting_param" ] && [ "$(cat "$page_reporting_param")" -le 10 ]; then
+  if [ "${RB_BENCH_NO_PAGE_REPORTING:-0}" = 1 ]; then
+    old=$(cat "$page_reporting_param")
+    echo 11 > "$page_reporting_param" 2>/dev/null ||
+      { echo "RB_BENCH_NO_PAGE_REPORTING=1: cannot write $page_reporting_param (root?)"; exit 2; }
+    page_reporting_old=$old
+    touch_mb=$(awk '/^MemAvailable:/ { print int($2 / 1024 * 3 / 4) }' /proc/meminfo)
+    echo "free page reporting stopped for this run (order $old -> 11); touching $touch_mb MiB of free memory..."
+    # One buffer of that size, filled: dd's block is its buffer.
+    dd if=/dev/zero of=/dev/null bs="${touch_mb}M" count=1 iflag=fullblock status=none
+  else
+    echo "note: free page reporting is on (the host takes freed memory back): single rounds vary widely;"
+    echo "      RB_BENCH_NO_PAGE_REPORTING=1 (root) stops it for the run"
+  fi
+fi
 
 # start_server NAME CMD...: run a server on $work/NAME.sock; sets URI.
 start_server () {

@@ -12,7 +12,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 
 #include "internal.h"
@@ -278,6 +280,33 @@ try_fallocate (int fd, int mode, uint64_t offset, uint64_t count, _Atomic bool *
   if (unsupported (errno))
     *no = true;
   return errno;
+}
+
+/* ext4's buffered writes into space not yet allocated reserve it block by
+ * block (delayed allocation: a buffer head and an extent-status entry per
+ * 4 KiB); into space reserved first they only copy.  Measured writing 512 MiB
+ * into a new file from memory: 0.080 s plain, 0.050 s with each 4 MiB
+ * reserved first (0.31 s against 0.28 s with the fdatasync).  XFS (large
+ * folios) measured no faster, tmpfs slower (the pages are allocated up front).
+ */
+#define EXT4_SUPER_MAGIC 0xEF53   /* ext2, ext3 and ext4 */
+
+bool
+rb_reserve_pays (int fd)
+{
+  struct statfs sf;
+
+  return fstatfs (fd, &sf) == 0 && sf.f_type == EXT4_SUPER_MAGIC;
+}
+
+void
+rb_reserve (int fd, uint64_t offset, uint64_t count, bool *no)
+{
+  if (*no || count == 0)
+    return;
+  /* A hint: no space (or an I/O error) is for the write to meet and report. */
+  if (fallocate (fd, FALLOC_FL_KEEP_SIZE, offset, count) == -1 && (unsupported (errno) || errno == EINVAL))
+    *no = true;
 }
 
 int

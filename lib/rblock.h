@@ -402,6 +402,16 @@ int rb_writer_copy_run (struct rb_writer *w, uint64_t guest_cluster, int fd, uin
 int rb_writer_map_run (struct rb_writer *w, uint64_t guest_cluster, uint64_t len, uint64_t *host);
 int rb_writer_copy_at (struct rb_writer *w, uint64_t host, int fd, uint64_t src_offset,
                        uint64_t len);
+/* Writing a new file front to back (rb_writer does; rb-convert's raw output
+ * too): rb_reserve_pays tells whether fd's file system takes new data faster
+ * into space reserved first (ext4); then rb_reserve reserves [offset,
+ * offset+count) just before it is written (fallocate, the size kept).  A hint
+ * that never fails: a refusal is left for the write to meet, and a file
+ * system without fallocate sets *no (start it false), after which nothing
+ * more is asked.
+ */
+bool rb_reserve_pays (int fd);
+void rb_reserve (int fd, uint64_t offset, uint64_t count, bool *no);
 /* Do not fsync in rb_writer_finish (faster; a power failure may then leave
  * an incomplete file).
  */

@@ -2,8 +2,9 @@
 # rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
 # rb-convert's data paths: file to file by copy_file_range (-C, or by default where the output's
 # file system shares blocks; strace counts the calls), the fallback when the kernel refuses,
-# and the read loop (the default on tmpfs and ext4, and for qcow2 and NBD sources); every
-# output judged by qemu-img compare, check and map.
+# and the read loop (the default on tmpfs and ext4, and for qcow2 and NBD sources) with, on
+# ext4, each data run's space reserved before it is written; every output judged by qemu-img
+# compare, check and map.
 
 load helpers
 
@@ -12,12 +13,28 @@ RB_CONVERT="$top_builddir/utils/rb-convert"
 setup () {
   T="$BATS_TEST_TMPDIR"
   command -v strace > /dev/null || { echo "strace is needed (.ci/packages lists it)"; return 1; }
+  SHM_DIR=/dev/shm/rb-convert-copy.$$
 }
 
 teardown () {
   stop_rblock
+  rm -rf "$SHM_DIR"
   if mountpoint -q "$T/other" 2>/dev/null; then umount "$T/other"; fi
-  if mountpoint -q "$T/xfs" 2>/dev/null; then umount "$T/xfs"; fi
+  local d
+  for d in xfs ext4 noextents full; do
+    if mountpoint -q "$T/$d" 2>/dev/null; then umount "$T/$d"; fi
+  done
+}
+
+# loop_fs DIR SIZE MKFS...: a file system made by MKFS on a SIZE image, loop-mounted at DIR
+# (teardown unmounts it); a skip, saying why, where nothing can be loop-mounted.
+loop_fs () {
+  local dir=$1 size=$2; shift 2
+  truncate -s "$size" "$dir.img"
+  "$@" "$dir.img" > /dev/null
+  mkdir -p "$dir"
+  mount -o loop "$dir.img" "$dir" ||
+    skip "no loop-mounted file system here (needs root and /dev/loop*)"
 }
 
 # make_source FILE: holes, random data with all-zero runs inside it (4K, 64K, 1M), data
@@ -37,7 +54,23 @@ make_source () {
 # traced FILE CMD...: run CMD under strace, counting its data calls into FILE.
 traced () {
   local out=$1; shift
-  strace -f -qq -e trace=copy_file_range,pwrite64,pwritev,write -o "$out" "$@"
+  strace -f -qq -e trace=copy_file_range,pwrite64,pwritev,write,fallocate -o "$out" "$@"
+}
+
+# reserved_then_written TRACE MIN: every fallocate in TRACE reserves (KEEP_SIZE) the range the
+# very next call writes (a pwrite64 of the same offset and length), and they reserve MIN bytes
+# or more.
+reserved_then_written () {
+  sed -nE -e 's/^[0-9]+ +fallocate\([0-9]+, FALLOC_FL_KEEP_SIZE, ([0-9]+), ([0-9]+)\) = 0$/R \1 \2/p' \
+    -e 's/^[0-9]+ +pwrite64\([0-9]+, .*, ([0-9]+), ([0-9]+)\) = [0-9]+$/W \2 \1/p' \
+    -e 's/^[0-9]+ +(fallocate|pwrite64)\(.*$/X/p' "$1" |
+  awk -v min="$2" '
+    want != "" { if ($0 != want) { print "reserved " want " then: " $0; bad = 1 } want = "" }
+    $1 == "R" { want = "W " $2 " " $3; total += $3 }
+    $1 == "X" { print "unexpected call: " NR; bad = 1 }
+    END { if (want != "") { print "reserved " want ", never written"; bad = 1 }
+          if (total < min) { print "reserved " total " bytes, fewer than " min; bad = 1 }
+          exit bad }'
 }
 count () { grep -c "^[0-9]* *$1(" "$2" || true; }
 
@@ -105,25 +138,31 @@ raw_holes () {
 }
 
 @test "rb-convert without -C on tmpfs and ext4: the data read and written, no copy_file_range, the same images" {
-  local dir fs
-  for dir in "$T" /dev/shm; do
-    fs=$(stat -f -c %T "$dir")
+  local w fs
+  # The whole conversion on each file system: source and outputs (tmpfs's in $SHM_DIR,
+  # which teardown removes).
+  for w in "$T/default" "$SHM_DIR"; do
+    mkdir -p "$w"
+    fs=$(stat -f -c %T "$w")
     case $fs in tmpfs|ext2/ext3) ;; *) continue ;; esac
-    mkdir -p "$dir/rb-default.$$"
-    make_source "$dir/rb-default.$$/src.raw"
-    traced "$T/trace" "$RB_CONVERT" "$dir/rb-default.$$/src.raw" "$T/out.qcow2"
-    traced "$T/trace-raw" "$RB_CONVERT" -O raw "$dir/rb-default.$$/src.raw" "$T/out.raw"
-    "$RB_CONVERT" -C "$dir/rb-default.$$/src.raw" "$T/copied.qcow2"
-    assert_same "$dir/rb-default.$$/src.raw" "$T/out.qcow2"
-    cmp "$dir/rb-default.$$/src.raw" "$T/out.raw"
-    zero_not_allocated "$T/out.qcow2"
-    rm -rf "$dir/rb-default.$$"
+    make_source "$w/src.raw"
+    traced "$T/trace" "$RB_CONVERT" "$w/src.raw" "$w/out.qcow2"
+    traced "$T/trace-raw" "$RB_CONVERT" -O raw "$w/src.raw" "$w/out.raw"
+    "$RB_CONVERT" -C "$w/src.raw" "$w/copied.qcow2"
+    assert_same "$w/src.raw" "$w/out.qcow2"
+    cmp "$w/src.raw" "$w/out.raw"
+    zero_not_allocated "$w/out.qcow2"
     [ "$(count copy_file_range "$T/trace")" -eq 0 ] && [ "$(count copy_file_range "$T/trace-raw")" -eq 0 ] ||
       { echo "$fs: copy_file_range called"; false; }
+    # tmpfs: no reservation (its pages would be allocated up front: measured slower).
+    if [ "$fs" = tmpfs ]; then
+      [ "$(count fallocate "$T/trace")" -eq 0 ] && [ "$(count fallocate "$T/trace-raw")" -eq 0 ] ||
+        { echo "tmpfs: fallocate called"; false; }
+    fi
     # The data went through pwrite (more than the metadata), and the layout is the kernel copy's.
     [ "$(awk '/pwrite64\(/ { n += $NF } END { print n + 0 }' "$T/trace")" -gt $((5 * 1048576)) ]
-    cmp "$T/out.qcow2" "$T/copied.qcow2"
-    rm -f "$T/out.qcow2" "$T/out.raw" "$T/copied.qcow2"
+    cmp "$w/out.qcow2" "$w/copied.qcow2"
+    rm -rf "$w"
   done
 }
 
@@ -236,11 +275,7 @@ raw_holes () {
 
 @test "rb-convert on XFS (reflinks): the output's data shares the source's extents, nothing copied" {
   command -v mkfs.xfs > /dev/null || { echo "mkfs.xfs is needed (.ci/packages lists xfsprogs)"; false; }
-  truncate -s 320M "$T/xfs.img"
-  mkfs.xfs -q -f "$T/xfs.img"
-  mkdir -p "$T/xfs"
-  mount -o loop "$T/xfs.img" "$T/xfs" ||
-    skip "no loop-mounted file system here (needs root and /dev/loop*): cannot show the reflinks"
+  loop_fs "$T/xfs" 320M mkfs.xfs -q -f
   make_source "$T/xfs/src.raw"
   "$RB_CONVERT" "$T/xfs/src.raw" "$T/xfs/out.qcow2"
   "$RB_CONVERT" -O raw "$T/xfs/src.raw" "$T/xfs/out.raw"
@@ -250,5 +285,58 @@ raw_holes () {
   for f in out.qcow2 out.raw; do
     shared=$(filefrag -v "$T/xfs/$f" | awk '/shared/ { n += $6 } END { print n * 4096 }')
     [ "$shared" -ge $((5 * 1048576)) ] || { filefrag -v "$T/xfs/$f"; false; }
+  done
+}
+
+@test "rb-convert onto ext4: each data run's space reserved just before it is written; identical, clean, none left unwritten" {
+  loop_fs "$T/ext4" 256M mkfs.ext4 -q -F
+  make_source "$T/ext4/src.raw"
+  traced "$T/trace" "$RB_CONVERT" "$T/ext4/src.raw" "$T/ext4/out.qcow2"
+  traced "$T/trace-raw" "$RB_CONVERT" -O raw "$T/ext4/src.raw" "$T/ext4/out.raw"
+  assert_same "$T/ext4/src.raw" "$T/ext4/out.qcow2"
+  cmp "$T/ext4/src.raw" "$T/ext4/out.raw"
+  zero_not_allocated "$T/ext4/out.qcow2"
+  # The source holds 5.2 MiB of data in runs of 1 to 6 MiB (the rest: single clusters).
+  reserved_then_written "$T/trace" $((5 * 1048576))
+  reserved_then_written "$T/trace-raw" $((5 * 1048576))
+  # Nothing reserved and not written: no extent still unwritten once the output is synced,
+  # and the raw output's zero runs are holes (no space at all).
+  for f in out.qcow2 out.raw; do
+    ! filefrag -v "$T/ext4/$f" | grep -q unwritten || { filefrag -v "$T/ext4/$f"; false; }
+  done
+  [ "$(du -k "$T/ext4/out.raw" | cut -f1)" -lt "$(du -k "$T/ext4/src.raw" | cut -f1)" ]
+}
+
+@test "rb-convert onto ext3 (ext4 without extents: no fallocate): one refused reservation, then none; the same images" {
+  loop_fs "$T/noextents" 256M mkfs.ext4 -q -F -t ext3
+  make_source "$T/src.raw"
+  traced "$T/trace" "$RB_CONVERT" "$T/src.raw" "$T/noextents/out.qcow2"
+  traced "$T/trace-raw" "$RB_CONVERT" -O raw "$T/src.raw" "$T/noextents/out.raw"
+  assert_same "$T/src.raw" "$T/noextents/out.qcow2"
+  cmp "$T/src.raw" "$T/noextents/out.raw"
+  for t in trace trace-raw; do
+    [ "$(count fallocate "$T/$t")" -eq 1 ] && grep -q 'fallocate(.*EOPNOTSUPP' "$T/$t" ||
+      { grep fallocate "$T/$t"; false; }
+  done
+}
+
+@test "rb-convert onto a full ext4: the write's ENOSPC reported, exit 2, nothing left and no space kept" {
+  loop_fs "$T/full" 32M mkfs.ext4 -q -F
+  make_source "$T/src.raw"
+  # Room for about 3 MiB: the first runs' reservations succeed, a later one is refused.
+  avail=$(df --output=avail -k "$T/full" | tail -1)
+  dd if=/dev/zero of="$T/full/fill" bs=1k count=$((avail - 3072)) status=none
+  sync
+  avail=$(df --output=avail -k "$T/full" | tail -1)
+  for args in "" "-O raw"; do
+    # shellcheck disable=SC2086
+    run "$RB_CONVERT" $args "$T/src.raw" "$T/full/out"
+    [ "$status" -eq 2 ] || { echo "$args: status $status: $output"; false; }
+    [ "${#lines[@]}" -eq 1 ] && [[ "$output" == "rb-convert: "*"No space left on device"* ]] ||
+      { echo "$args: $output"; false; }
+    [ ! -e "$T/full/out" ]
+    [ -z "$(ls -A "$T/full" | grep '\.tmp\.' || true)" ]
+    sync
+    [ "$(df --output=avail -k "$T/full" | tail -1)" -eq "$avail" ] || { df -k "$T/full"; false; }
   done
 }

@@ -105,6 +105,7 @@ target_new_raw (struct target *t, const char *name, const char *path, uint64_t s
   t->fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (t->fd == -1 || ftruncate (t->fd, size) == -1)
     return rb_error (errno, "%s: %s", name, strerror (errno));
+  t->reserve = rb_reserve_pays (t->fd);
   return 0;
 }
 
@@ -328,6 +329,8 @@ target_write (struct target *t, const void *buf, uint64_t offset, uint64_t len)
   case TARGET_NBD:
     return sink_pwrite (t->sink, buf, len, offset);
   default:
+    if (t->reserve)
+      rb_reserve (t->fd, offset, len, &t->no_reserve);
     return fd_write (t, buf, offset, len);
   }
 }
