@@ -52,16 +52,15 @@ runs_add (struct runs *r, uint64_t off, uint64_t nr)
 static void
 release_fresh (struct rb_image *img, struct runs *fresh)
 {
-  int e = errno;
-  char msg[512];
+  struct saved_error e;
   size_t i;
   uint64_t c;
 
-  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  error_save (&e);
   for (i = 0; i < fresh->n; i++)
     for (c = 0; c < fresh->v[i].nr; c++)
       refcount_update (img, (fresh->v[i].off >> img->cluster_bits) + c, -1);
-  rb_error (e, "%s", msg);
+  error_restore (&e);
 }
 
 /* Queue b's table and data clusters for freeing after the commit.  A table

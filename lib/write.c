@@ -41,15 +41,14 @@ writable (struct rb_image *img)
 void
 release_unused (struct rb_image *img, uint64_t host, uint64_t nr)
 {
-  int e = errno;
-  char msg[512];
+  struct saved_error e;
   uint64_t i;
 
-  snprintf (msg, sizeof msg, "%s", rb_errmsg ());
+  error_save (&e);
   for (i = 0; i < nr; i++)
     if (refcount_update (img, (host >> img->cluster_bits) + i, -1) == -1)
       break;
-  rb_error (e, "%s", msg);      /* report the original failure */
+  error_restore (&e);           /* report the original failure */
 }
 
 int64_t
