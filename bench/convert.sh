@@ -67,8 +67,8 @@ compare () {
   rb_med=$(cut -d' ' -f1 "$work/rb.t" | median)
   qi_med=$(cut -d' ' -f1 "$work/qi.t" | median)
   printf '%-34s rb-convert %ss (cpu %ss)  qemu-img %ss (cpu %ss)  speed ratio %s (rounds %s)\n' "$label" \
-    "$(cut -d' ' -f1 "$work/rb.t" | median)" "$(cut -d' ' -f2 "$work/rb.t" | median)" \
-    "$(cut -d' ' -f1 "$work/qi.t" | median)" "$(cut -d' ' -f2 "$work/qi.t" | median)" \
+    "$rb_med" "$(cut -d' ' -f2 "$work/rb.t" | median)" \
+    "$qi_med" "$(cut -d' ' -f2 "$work/qi.t" | median)" \
     "$(paste -d' ' "$work/qi.t" "$work/rb.t" | awk '{ print $1 / $3 }' | median)" \
     "$(paste -d' ' "$work/qi.t" "$work/rb.t" | awk '{ printf "%.2f ", $1 / $3 }' | sed 's/ $//')"
 }

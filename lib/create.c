@@ -41,8 +41,8 @@ struct rb_writer {
   bool any;
   bool no_sync;             /* skip the syncs (the caller accepts the risk) */
   uint64_t kicked;          /* data up to here has had its writeback started */
-  bool reserve;             /* reserve each run's space before writing it (rb_reserve_pays) */
-  bool no_reserve;          /* the file system has no fallocate */
+  bool no_reserve;          /* do not reserve a run's space before writing it: no gain on this
+                               file system (rb_reserve_pays) or it has no fallocate */
 };
 
 /* Start writing back what was stored since the last kick, every few MiB, so
@@ -280,7 +280,7 @@ writer_new (const char *path, const struct rb_create_opts *opts, bool overwrite,
     rb_error_errno (errno, "%s", path);
     goto err;
   }
-  w->reserve = rb_reserve_pays (w->fd);
+  w->no_reserve = !rb_reserve_pays (w->fd);
   return w;
 
  err:
@@ -337,8 +337,7 @@ rb_writer_put_run (struct rb_writer *w, uint64_t gc, const void *data, uint64_t 
   if (run_check (w, gc, nr) == -1)
     return -1;
   host = ROUND_UP (w->next, w->cs);
-  if (w->reserve)
-    rb_reserve (w->fd, host, nr * w->cs, &w->no_reserve);
+  rb_reserve (w->fd, host, nr * w->cs, &w->no_reserve);
   if (full_pwrite (w->fd, data, nr * w->cs, host, IO_DATA_WRITE) == -1 ||
       run_map (w, gc, nr, host) == -1)
     return -1;

@@ -406,9 +406,9 @@ int rb_writer_copy_at (struct rb_writer *w, uint64_t host, int fd, uint64_t src_
  * too): rb_reserve_pays tells whether fd's file system takes new data faster
  * into space reserved first (ext4); then rb_reserve reserves [offset,
  * offset+count) just before it is written (fallocate, the size kept).  A hint
- * that never fails: a refusal is left for the write to meet, and a file
- * system without fallocate sets *no (start it false), after which nothing
- * more is asked.
+ * that never fails: nothing is asked while *no is true (start it as
+ * !rb_reserve_pays (fd)), a file system without fallocate sets it, and any
+ * other refusal is left for the write to meet.
  */
 bool rb_reserve_pays (int fd);
 void rb_reserve (int fd, uint64_t offset, uint64_t count, bool *no);

@@ -74,6 +74,7 @@ target_init (struct target *t, const char *name, enum target_kind kind)
   t->kind = kind;
   t->fd = -1;
   t->punch_ok = t->zero_range_ok = t->blkzero_ok = true;
+  t->no_reserve = true;            /* only a new raw file may reserve (target_new_raw) */
 }
 
 int
@@ -105,7 +106,7 @@ target_new_raw (struct target *t, const char *name, const char *path, uint64_t s
   t->fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (t->fd == -1 || ftruncate (t->fd, size) == -1)
     return rb_error (errno, "%s: %s", name, strerror (errno));
-  t->reserve = rb_reserve_pays (t->fd);
+  t->no_reserve = !rb_reserve_pays (t->fd);
   return 0;
 }
 
@@ -329,8 +330,7 @@ target_write (struct target *t, const void *buf, uint64_t offset, uint64_t len)
   case TARGET_NBD:
     return sink_pwrite (t->sink, buf, len, offset);
   default:
-    if (t->reserve)
-      rb_reserve (t->fd, offset, len, &t->no_reserve);
+    rb_reserve (t->fd, offset, len, &t->no_reserve);
     return fd_write (t, buf, offset, len);
   }
 }

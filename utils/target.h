@@ -50,7 +50,7 @@ struct target {
   struct rb_image *img;
   struct sink *sink;
   bool punch_ok, zero_range_ok, blkzero_ok;   /* what the file system or device accepted */
-  bool reserve, no_reserve;        /* a new raw file: reserve each data run first (rb_reserve) */
+  bool no_reserve;                 /* a new raw file: false where each data run is reserved first (rb_reserve) */
   bool copied;                     /* the kernel took a copy: the next ones may go to copiers */
   struct copier *copiers;          /* the copier threads, started at the second copy, or NULL */
   bool copy_here;                  /* RBLOCK_THREADS=1: no copier threads */
