@@ -153,7 +153,14 @@ write_entry (struct cache *c, struct cache_entry *e)
                    : IO_REFBLOCK_UPDATE) == -1)
     return -1;
   e->fresh = false;
-  img->data_unsynced = true;
+  /* A refcount block must be durable before the next L2 table is written
+   * (invariant 1).  An L2 table is needed by nothing the next L2 table write
+   * exposes: its L1 entry and the frees it allows wait for flush_metadata's
+   * syncs, so it does not force a sync before every following table (a flush
+   * of 32 MiB of 512-byte clusters took 1,372 fdatasyncs).
+   */
+  if (c == img->rb_cache)
+    img->data_unsynced = true;
   e->dirty = false;
   c->nr_dirty--;
   return 0;
@@ -258,6 +265,33 @@ cache_write_back (struct cache *c)
     struct cache_entry *e = &c->entries[i];
     if (e->in_use && e->dirty && write_entry (c, e) == -1)
       return -1;
+  }
+  return 0;
+}
+
+/* Write the table at host_offset and make it durable by itself
+ * (full_pwrite_durable): no other table is written and no guest data is
+ * flushed with it.  For tables nothing else must precede (refcount blocks:
+ * invariant 1 orders them first).  A table not in the cache may be on disk but
+ * not yet durable: then everything is written back and synced.  0 / -1.
+ */
+int
+cache_write_durable (struct cache *c, uint64_t host_offset)
+{
+  struct cache_entry *e = lookup (c, host_offset);
+  struct rb_image *img = c->img;
+
+  if (!e)
+    return cache_write_back (c) == -1 ? -1 : file_sync (img->fd, IO_FLUSH);
+  if (overlap_check (img, e->offset, img->cluster_size,
+                     c == img->l2_cache ? OV_L2 : OV_REFBLOCK) == -1 ||
+      full_pwrite_durable (img->fd, e->data, img->cluster_size, e->offset,
+                           c == img->l2_cache ? IO_L2_UPDATE : IO_REFBLOCK_UPDATE) == -1)
+    return -1;
+  e->fresh = false;
+  if (e->dirty) {
+    e->dirty = false;
+    c->nr_dirty--;
   }
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -192,6 +193,54 @@ full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_eve
   if (fault_check (ev) == -1)
     return -1;
   return logged_pwrite (fd, buf, count, offset);
+}
+
+/* The kernel cannot sync one range with a write (RWF_DSYNC): learnt on first use. */
+static _Atomic bool no_dsync_write;
+
+/* Write exactly count bytes and make them durable, without the rest of the
+ * file's dirty data (see internal.h).  Returns 0 / -1 with the error recorded.
+ */
+int
+full_pwrite_durable (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev)
+{
+  const char *p = buf;
+  size_t left = count;
+  uint64_t at = offset;
+
+  if (fault_check (ev) == -1 || fault_check (IO_FLUSH) == -1)
+    return -1;
+  if (no_dsync_write)
+    return logged_pwrite (fd, buf, count, offset) == -1 ? -1 : file_sync (fd, IO_FLUSH);
+  if (iolog_on ())
+    pthread_mutex_lock (&iolog_lock);
+  while (left > 0) {
+    struct iovec iov = { .iov_base = (void *) p, .iov_len = left };
+    ssize_t r = pwritev2 (fd, &iov, 1, at, RWF_DSYNC);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1 && left == count && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) {
+      if (iolog_on ())
+        pthread_mutex_unlock (&iolog_lock);
+      no_dsync_write = true;
+      return logged_pwrite (fd, buf, count, offset) == -1 ? -1 : file_sync (fd, IO_FLUSH);
+    }
+    if (r == -1) {
+      int err = errno;
+      if (iolog_on ())
+        pthread_mutex_unlock (&iolog_lock);
+      return rb_error_errno (err, "durable write at host offset %" PRIu64, at);
+    }
+    p += r;
+    left -= r;
+    at += r;
+  }
+  if (iolog_on ()) {
+    iolog ('W', buf, count, offset);
+    iolog ('D', NULL, count, offset);
+    pthread_mutex_unlock (&iolog_lock);
+  }
+  return 0;
 }
 
 /* copy_file_range until count bytes are copied (see internal.h). */

@@ -11,15 +11,17 @@
  *    L2 entry; a sync precedes every L2 table write.)
  * 3. A new L2 table is written before the L1 entry that points at it; a new L1
  *    or refcount table before the header field that points at it.  (L1 entries
- *    are written last here, after a sync; refcount.c syncs new blocks and tables
- *    before pointing at them.)
+ *    are written last here, after a sync; refcount.c makes a new block durable by
+ *    itself (full_pwrite_durable: that range alone, not the guest data written so
+ *    far), then its table entry likewise, and syncs a new table before pointing at it.)
  * 4. When freeing, the pointer is cleared and written before the refcount drops.
  *    A crash may leak clusters, never leave a pointer to a free cluster.
  *    (alloc.c queues frees; rb_flush applies them after flush_metadata.)
  * 5. A cluster is overwritten in place only if its refcount is exactly 1
  *    (QCOW_OFLAG_COPIED agrees); otherwise allocate and copy.  (write.c)
- * 6. An fdatasync separates a stage from the next one that depends on it; flush
- *    and FUA end with fdatasync.
+ * 6. An fdatasync separates a stage from the next one that depends on it (a
+ *    durable write of its range where the next stage depends on that range alone);
+ *    flush and FUA end with fdatasync.
  * 7. Unknown incompatible bits: refuse to open.  Unknown autoclear bits: clear
  *    before the first write (the bitmaps bit stays: invariant 8).  Corrupt
  *    bit: read-only.  Dirty bit: refuse a writable open (header.c, image.c,

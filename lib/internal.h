@@ -46,6 +46,15 @@ int full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io
 int full_copy_range (int fd_in, uint64_t in_offset, int fd, uint64_t offset, size_t count,
                      enum io_event ev);
 int file_sync (int fd, enum io_event ev);
+/* Write exactly count bytes at offset and make that range durable (its data
+ * and the file metadata needed to read it back) without writing out the rest
+ * of the file's dirty data, as fdatasync would: pwritev2 with RWF_DSYNC, whose
+ * sync covers only the range written; pwrite and fdatasync where the kernel
+ * lacks it.  For a stage whose successor depends on this range alone
+ * (invariant 6).  Faults: ev for the write, then IO_FLUSH.  0 / -1.
+ */
+int full_pwrite_durable (int fd, const void *buf, size_t count, uint64_t offset,
+                         enum io_event ev);
 /* Make [offset, offset+count) read as zeros: fallocate ZERO_RANGE, else
  * PUNCH_HOLE (both keeping the size), else written zeros.  0 / -1.
  */
@@ -74,6 +83,7 @@ void cache_put (struct cache *c, uint64_t host_offset);
 void cache_mark_dirty (struct cache *c, uint64_t host_offset);
 /* Write every dirty table (no sync).  Returns 0 / -1. */
 int cache_write_back (struct cache *c);
+int cache_write_durable (struct cache *c, uint64_t host_offset);   /* that one table, durably */
 bool cache_has_dirty (struct cache *c);
 /* Drop a table (e.g. freed L2 cluster) without writing it. */
 void cache_discard (struct cache *c, uint64_t host_offset);

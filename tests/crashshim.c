@@ -1,15 +1,18 @@
 /* rblock: qcow2 for the NBD world.  SPDX-License-Identifier: BSD-3-Clause
  * LD_PRELOAD shim for crash tests: lets the N-th write to a file happen (optionally torn), then SIGKILLs.
- * A write is a pwrite, an fallocate (zeroing a range) or a copy_file_range into the file.
+ * A write is a pwrite, a pwritev2 (durable writes), an fallocate (zeroing a range) or a
+ * copy_file_range into the file.
  *
  * RB_CRASH_FILE  count writes to files whose path (as passed to open*) contains this
  * RB_CRASH_AT    N: the N-th write (1-based) is the last one; then kill -9
  * RB_CRASH_TORN  if set, the N-th write lands only its first 512 bytes
  * RB_CRASH_COUNT if set (a path), the number of writes seen is written there at exit
  * RB_CRASH_ZEROS if set (a path), the number of those that were fallocates, likewise
+ * RB_NO_DSYNC    if set, pwritev2 fails with EOPNOTSUPP (a kernel without RWF_DSYNC)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
@@ -20,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 static long count, zeros, crash_at = -1;
 static int watched[256];
@@ -117,6 +121,32 @@ pwrite64 (int fd, const void *buf, size_t count_bytes, off_t offset)
 }
 
 ssize_t pwrite (int fd, const void *buf, size_t n, off_t offset) __attribute__((alias ("pwrite64")));
+
+/* A durable write (RWF_DSYNC) counts as a write like pwrite. */
+ssize_t
+pwritev2 (int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags)
+{
+  static ssize_t (*real) (int, const struct iovec *, int, off_t, int);
+
+  if (!real)
+    real = dlsym (RTLD_NEXT, "pwritev2");
+  if (getenv ("RB_NO_DSYNC")) {
+    errno = EOPNOTSUPP;
+    return -1;
+  }
+  if (fd >= 0 && fd < 256 && watched[fd] && ++count == crash_at) {
+    if (getenv ("RB_CRASH_TORN") && iovcnt > 0 && iov[0].iov_len > 512)
+      real_pwrite64 (fd, iov[0].iov_base, 512, offset);
+    else
+      real (fd, iov, iovcnt, offset, flags);
+    save_count ();
+    kill (getpid (), SIGKILL);
+  }
+  return real (fd, iov, iovcnt, offset, flags);
+}
+
+ssize_t pwritev64v2 (int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags)
+  __attribute__((alias ("pwritev2")));
 
 int
 fallocate64 (int fd, int mode, off_t offset, off_t len)

@@ -153,3 +153,39 @@ reuse_case () {
   not_corrupt "$T/t1.qcow2"
   "$RB_TOOL" cat "$T/t1.qcow2" | cmp - <(head -c 2M /dev/zero)
 }
+
+# syncs_and_durable TRACE: "FDATASYNCS DURABLE_WRITES" in an strace -e fdatasync,pwritev2 log.
+syncs_and_durable () {
+  echo "$(grep -c '^[0-9]* *fdatasync(' "$1") $(grep -c '^[0-9]* *pwritev2(' "$1")"
+}
+
+# A new refcount block (and its table entry) is made durable by itself (pwritev2 RWF_DSYNC):
+# a whole-file fdatasync there flushed all the guest data written so far while every
+# allocating writer waited (sequential writes into an empty image stalled every 2 GiB of
+# 64 KiB clusters).  Nor does each L2 table written at a flush sync before the next one.
+@test "a sequential write creating 32 refcount blocks syncs no more than a 512-byte write" {
+  command -v strace > /dev/null || { echo "strace is needed (.ci/packages lists it)"; return 1; }
+  qemu-img create -q -f qcow2 -o cluster_size=512 "$T/small.qcow2" 8M
+  qemu-img create -q -f qcow2 -o cluster_size=512 "$T/big.qcow2" 8M
+  strace -qq -e trace=fdatasync,pwritev2 -o "$T/small.trace" "$RB_TOOL" write "$T/small.qcow2" 0 512 0x5a
+  strace -qq -e trace=fdatasync,pwritev2 -o "$T/big.trace" "$RB_TOOL" write "$T/big.qcow2" 0 $((4 << 20)) 0x5a
+  read -r s0 d0 <<< "$(syncs_and_durable "$T/small.trace")"
+  read -r s1 d1 <<< "$(syncs_and_durable "$T/big.trace")"
+  echo "512 B: $s0 fdatasyncs, $d0 durable writes; 4 MiB: $s1 fdatasyncs, $d1 durable writes"
+  [ "$s1" -le "$s0" ]
+  [ "$d1" -ge 64 ]             # 32 blocks of 256 clusters and their table entries
+  not_corrupt "$T/big.qcow2"
+  qemu_io_reads -c "read -P 0x5a 0 4M" -c "read -P 0 4M 4M" "$T/big.qcow2"
+}
+
+@test "without RWF_DSYNC (old kernel) the refcount blocks are written and fdatasynced" {
+  command -v strace > /dev/null || { echo "strace is needed (.ci/packages lists it)"; return 1; }
+  qemu-img create -q -f qcow2 -o cluster_size=512 "$T/img.qcow2" 8M
+  RB_NO_DSYNC=1 strace -qq -E LD_PRELOAD="$top_builddir/tests/.libs/crashshim.so" \
+    -e trace=fdatasync -o "$T/trace" "$RB_TOOL" write "$T/img.qcow2" 0 $((4 << 20)) 0x3c
+  n=$(grep -c '^[0-9]* *fdatasync(' "$T/trace")
+  echo "$n fdatasyncs"
+  [ "$n" -ge 32 ]
+  not_corrupt "$T/img.qcow2"
+  qemu_io_reads -c "read -P 0x3c 0 4M" -c "read -P 0 4M 4M" "$T/img.qcow2"
+}
