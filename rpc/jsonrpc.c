@@ -146,8 +146,41 @@ rpc_error_response (json_object *id, int code, const char *message, json_object 
   return r;
 }
 
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?  (RFC 8259 section 6) */
+bool
+rpc_json_number_text (const char *p)
+{
+  if (*p == '-')
+    p++;
+  if (*p == '0')
+    p++;
+  else if (*p >= '1' && *p <= '9')
+    while (*p >= '0' && *p <= '9')
+      p++;
+  else
+    return false;
+  if (*p == '.') {
+    if (*++p < '0' || *p > '9')
+      return false;
+    while (*p >= '0' && *p <= '9')
+      p++;
+  }
+  if (*p == 'e' || *p == 'E') {
+    if (*++p == '+' || *p == '-')
+      p++;
+    if (*p < '0' || *p > '9')
+      return false;
+    while (*p >= '0' && *p <= '9')
+      p++;
+  }
+  return *p == '\0';
+}
+
 /* The request's id if it is a valid one (string, number, null), else NULL;
- * *has_id tells whether it has one at all.
+ * *has_id tells whether it has one at all.  A number is echoed as the text
+ * the client sent, which json-c's lenient parser may have taken from
+ * something that is no JSON number (NaN, Infinity, "1.", "0029e" read as
+ * "0029"): such an id is invalid, so that every reply stays JSON.
  */
 static json_object *
 request_id (json_object *req, bool *has_id, bool *valid)
@@ -156,7 +189,8 @@ request_id (json_object *req, bool *has_id, bool *valid)
 
   *has_id = json_object_is_type (req, json_type_object) && json_object_object_get_ex (req, "id", &id);
   *valid = !*has_id || !id || json_object_is_type (id, json_type_string) ||
-    json_object_is_type (id, json_type_int) || json_object_is_type (id, json_type_double);
+    ((json_object_is_type (id, json_type_int) || json_object_is_type (id, json_type_double)) &&
+     rpc_json_number_text (json_object_to_json_string_ext (id, JSON_C_TO_STRING_PLAIN)));
   return *valid ? id : NULL;
 }
 

@@ -114,6 +114,8 @@ json_object *rpc_error_response (json_object *id, int code, const char *message,
 /* A JSON string from bytes that may not be UTF-8 (invalid bytes become U+FFFD). */
 json_object *rpc_string (const char *s);
 bool rpc_utf8_valid (const char *s, size_t n);
+/* Whether text is a JSON number (RFC 8259: no NaN, Infinity, "1." or leading zeros). */
+bool rpc_json_number_text (const char *text);
 /* Whether token (len bytes) is the server's, in time independent of where they differ. */
 bool rpc_token_matches (const struct rpc_state *st, const char *token, size_t len);
 void rpc_count (struct rpc_state *st, uint64_t *counter, uint64_t n);

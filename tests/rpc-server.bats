@@ -115,6 +115,27 @@ teardown () {
   [ "$(rpc $'{"jsonrpc":"2.0",\n"method":"get_version",\n"id":3}\n' | jq .id)" = 3 ]
 }
 
+# json-c's lenient parser takes some ids that are no JSON numbers, and echoing their text made
+# replies no JSON ({"id":0029e} came back as "id":0029: found by fuzz-rpc).
+@test "rpc: ids that are no JSON numbers (NaN, Infinity, 1., 0029e) are invalid (-32600, id null); JSON numbers are echoed as sent" {
+  start_rpc
+  local id out
+  for id in NaN Infinity -Infinity 1. 0029e; do
+    out=$(rpc "{\"jsonrpc\":\"2.0\",\"method\":\"get_version\",\"id\":$id}")
+    echo "id $id: $out"
+    python3 -c 'import json, sys
+def bad(c): sys.exit("not JSON: " + c)
+o = json.loads(sys.argv[1], parse_constant=bad)
+assert o["error"]["code"] == -32600 and o["id"] is None, o' "$out"
+  done
+  for id in 1.50 1e5 -7 0 2.5E-3; do
+    out=$(rpc "{\"jsonrpc\":\"2.0\",\"method\":\"get_version\",\"id\":$id}")
+    echo "id $id: $out"
+    [[ "$out" == *"\"id\":$id}"* ]]
+    [ "$(echo "$out" | jq -r .result.version)" != null ]
+  done
+}
+
 # bad TEXT CODE: the reply's error code is CODE.
 bad () {
   local out

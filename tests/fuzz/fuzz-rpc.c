@@ -47,9 +47,39 @@ setup (void)
   st_token.token_len = 6;
 }
 
+/* Whether every number in o prints as a JSON number: json-c's parser, even
+ * strict, takes NaN, Infinity and "1.", which a client's need not.
+ */
+static bool
+numbers_are_json (json_object *o)
+{
+  size_t i;
+
+  switch (json_object_get_type (o)) {
+  case json_type_int:
+  case json_type_double:
+    return rpc_json_number_text (json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN));
+  case json_type_array:
+    for (i = 0; i < json_object_array_length (o); i++)
+      if (!numbers_are_json (json_object_array_get_idx (o, i)))
+        return false;
+    return true;
+  case json_type_object: {
+    json_object_object_foreach (o, k, v) {
+      (void) k;
+      if (!numbers_are_json (v))
+        return false;
+    }
+    return true;
+  }
+  default:
+    return true;
+  }
+}
+
 /* Every complete reply line is one JSON text in valid UTF-8 (json-c checks,
- * strictly); they are taken as a client would.  At the end nothing is left
- * half-queued.
+ * strictly, and every number is a JSON number); they are taken as a client
+ * would.  At the end nothing is left half-queued.
  */
 static void
 check_replies (struct rpc_session *s, bool end)
@@ -74,7 +104,8 @@ check_replies (struct rpc_session *s, bool end)
     o = json_tokener_parse_ex (t, line, n);
     if (!o && json_tokener_get_error (t) == json_tokener_continue)
       o = json_tokener_parse_ex (t, "", 1);
-    if (!o || (!json_object_is_type (o, json_type_object) && !json_object_is_type (o, json_type_array)))
+    if (!o || (!json_object_is_type (o, json_type_object) && !json_object_is_type (o, json_type_array)) ||
+        !numbers_are_json (o))
       abort ();
     json_object_put (o);
     json_tokener_free (t);
