@@ -104,10 +104,10 @@ printf '%-34s cp %ss  dd %ss; to qcow2 with no flush, rb-convert takes %sx the f
   "$(echo "$rb_med / $floor" | bc -l | xargs printf '%.2f')" "$(echo "$qi_med / $floor" | bc -l | xargs printf '%.2f')"
 if [ -s "$work/fio.t" ]; then
   wr_med=$(median < "$work/fio.t")
+  qi_wr=$(echo "$qi_med / $wr_med" | bc -l | xargs printf '%.2f')
   printf '%-34s fio %ss; rb-convert takes %sx that, qemu-img %sx: no converter can be more than %sx faster than qemu-img here\n' \
     "the data alone written from memory:" "$wr_med" \
-    "$(echo "$rb_med / $wr_med" | bc -l | xargs printf '%.2f')" "$(echo "$qi_med / $wr_med" | bc -l | xargs printf '%.2f')" \
-    "$(echo "$qi_med / $wr_med" | bc -l | xargs printf '%.2f')"
+    "$(echo "$rb_med / $wr_med" | bc -l | xargs printf '%.2f')" "$qi_wr" "$qi_wr"
 fi
 compare "to qcow2, durable:" -- -t writeback -O qcow2
 printf 'qcow2 output size: rb-convert %d bytes (%d KiB on disk)  qemu-img %d bytes (%d KiB on disk)\n' \

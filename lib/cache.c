@@ -125,11 +125,11 @@ lookup (struct cache *c, uint64_t offset)
   return NULL;
 }
 
-/* Write one dirty entry, honouring the L2-after-refcount dependency
- * (invariants 1 and 2 in flush.c).
+/* Write one entry, honouring the L2-after-refcount dependency (invariants 1
+ * and 2 in flush.c); durable: made durable by itself (full_pwrite_durable).
  */
 static int
-write_entry (struct cache *c, struct cache_entry *e)
+write_entry (struct cache *c, struct cache_entry *e, bool durable)
 {
   struct rb_image *img = c->img;
 
@@ -148,9 +148,9 @@ write_entry (struct cache *c, struct cache_entry *e)
   if (overlap_check (img, e->offset, img->cluster_size,
                      c == img->l2_cache ? OV_L2 : OV_REFBLOCK) == -1)
     return -1;
-  if (full_pwrite (img->fd, e->data, img->cluster_size, e->offset,
-                   c == img->l2_cache ? (e->fresh ? IO_L2_ALLOC : IO_L2_UPDATE)
-                   : IO_REFBLOCK_UPDATE) == -1)
+  if ((durable ? full_pwrite_durable : full_pwrite)
+      (img->fd, e->data, img->cluster_size, e->offset,
+       c == img->l2_cache ? (e->fresh ? IO_L2_ALLOC : IO_L2_UPDATE) : IO_REFBLOCK_UPDATE) == -1)
     return -1;
   e->fresh = false;
   /* A refcount block must be durable before the next L2 table is written
@@ -159,10 +159,12 @@ write_entry (struct cache *c, struct cache_entry *e)
    * syncs, so it does not force a sync before every following table (a flush
    * of 32 MiB of 512-byte clusters took 1,372 fdatasyncs).
    */
-  if (c == img->rb_cache)
+  if (c == img->rb_cache && !durable)
     img->data_unsynced = true;
-  e->dirty = false;
-  c->nr_dirty--;
+  if (e->dirty) {
+    e->dirty = false;
+    c->nr_dirty--;
+  }
   return 0;
 }
 
@@ -195,7 +197,7 @@ cache_get (struct cache *c, uint64_t host_offset, bool fresh)
     return NULL;
   }
   if (e->in_use) {
-    if (e->dirty && write_entry (c, e) == -1)
+    if (e->dirty && write_entry (c, e, false) == -1)
       return NULL;
     hash_remove (c, e);
     e->in_use = false;
@@ -263,7 +265,7 @@ cache_write_back (struct cache *c)
     return 0;
   for (i = 0; i < c->nr && c->nr_dirty > 0; i++) {
     struct cache_entry *e = &c->entries[i];
-    if (e->in_use && e->dirty && write_entry (c, e) == -1)
+    if (e->in_use && e->dirty && write_entry (c, e, false) == -1)
       return -1;
   }
   return 0;
@@ -279,21 +281,10 @@ int
 cache_write_durable (struct cache *c, uint64_t host_offset)
 {
   struct cache_entry *e = lookup (c, host_offset);
-  struct rb_image *img = c->img;
 
   if (!e)
-    return cache_write_back (c) == -1 ? -1 : file_sync (img->fd, IO_FLUSH);
-  if (overlap_check (img, e->offset, img->cluster_size,
-                     c == img->l2_cache ? OV_L2 : OV_REFBLOCK) == -1 ||
-      full_pwrite_durable (img->fd, e->data, img->cluster_size, e->offset,
-                           c == img->l2_cache ? IO_L2_UPDATE : IO_REFBLOCK_UPDATE) == -1)
-    return -1;
-  e->fresh = false;
-  if (e->dirty) {
-    e->dirty = false;
-    c->nr_dirty--;
-  }
-  return 0;
+    return cache_write_back (c) == -1 ? -1 : file_sync (c->img->fd, IO_FLUSH);
+  return write_entry (c, e, true);
 }
 
 bool

@@ -151,19 +151,28 @@ full_pread (int fd, void *buf, size_t count, uint64_t offset, enum io_event ev)
   return 0;
 }
 
-/* Write exactly count bytes.  Returns 0 / -1 with the error recorded. */
+/* Write exactly count bytes; dsync: each piece durable as it lands (pwritev2
+ * RWF_DSYNC).  Returns 0, -1 with the error recorded, or 1 (nothing written)
+ * when the kernel refuses RWF_DSYNC.
+ */
 static int
-write_all (int fd, const void *buf, size_t count, uint64_t offset)
+write_all (int fd, const void *buf, size_t count, uint64_t offset, bool dsync)
 {
   const char *p = buf;
+  bool first = true;
 
   while (count > 0) {
-    ssize_t r = pwrite (fd, p, count, offset);
+    struct iovec iov = { .iov_base = (void *) p, .iov_len = count };
+    ssize_t r = dsync ? pwritev2 (fd, &iov, 1, offset, RWF_DSYNC) : pwrite (fd, p, count, offset);
     if (r == -1) {
       if (errno == EINTR)
         continue;
-      return rb_error_errno (errno, "write at host offset %" PRIu64, offset);
+      if (dsync && first && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL))
+        return 1;
+      return rb_error_errno (errno, "%swrite at host offset %" PRIu64,
+                             dsync ? "durable " : "", offset);
     }
+    first = false;
     p += r;
     count -= r;
     offset += r;
@@ -171,18 +180,22 @@ write_all (int fd, const void *buf, size_t count, uint64_t offset)
   return 0;
 }
 
-/* Full pwrite, recorded in the replay log when one is configured. */
+/* write_all, recorded in the replay log when one is configured (a durable
+ * write as its bytes and a 'D' record).
+ */
 static int
-logged_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
+logged_pwrite (int fd, const void *buf, size_t count, uint64_t offset, bool dsync)
 {
   int r;
 
   if (!iolog_on ())
-    return write_all (fd, buf, count, offset);
+    return write_all (fd, buf, count, offset, dsync);
   pthread_mutex_lock (&iolog_lock);
-  r = write_all (fd, buf, count, offset);
+  r = write_all (fd, buf, count, offset, dsync);
   if (r == 0)
     iolog ('W', buf, count, offset);
+  if (r == 0 && dsync)
+    iolog ('D', NULL, count, offset);
   pthread_mutex_unlock (&iolog_lock);
   return r;
 }
@@ -192,7 +205,7 @@ full_pwrite (int fd, const void *buf, size_t count, uint64_t offset, enum io_eve
 {
   if (fault_check (ev) == -1)
     return -1;
-  return logged_pwrite (fd, buf, count, offset);
+  return logged_pwrite (fd, buf, count, offset, false);
 }
 
 /* The kernel cannot sync one range with a write (RWF_DSYNC): learnt on first use. */
@@ -204,43 +217,18 @@ static _Atomic bool no_dsync_write;
 int
 full_pwrite_durable (int fd, const void *buf, size_t count, uint64_t offset, enum io_event ev)
 {
-  const char *p = buf;
-  size_t left = count;
-  uint64_t at = offset;
-
-  if (fault_check (ev) == -1 || fault_check (IO_FLUSH) == -1)
+  if (fault_check (ev) == -1)
     return -1;
-  if (no_dsync_write)
-    return logged_pwrite (fd, buf, count, offset) == -1 ? -1 : file_sync (fd, IO_FLUSH);
-  if (iolog_on ())
-    pthread_mutex_lock (&iolog_lock);
-  while (left > 0) {
-    struct iovec iov = { .iov_base = (void *) p, .iov_len = left };
-    ssize_t r = pwritev2 (fd, &iov, 1, at, RWF_DSYNC);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r == -1 && left == count && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) {
-      if (iolog_on ())
-        pthread_mutex_unlock (&iolog_lock);
-      no_dsync_write = true;
-      return logged_pwrite (fd, buf, count, offset) == -1 ? -1 : file_sync (fd, IO_FLUSH);
-    }
-    if (r == -1) {
-      int err = errno;
-      if (iolog_on ())
-        pthread_mutex_unlock (&iolog_lock);
-      return rb_error_errno (err, "durable write at host offset %" PRIu64, at);
-    }
-    p += r;
-    left -= r;
-    at += r;
+  if (!no_dsync_write) {
+    int r;
+    if (fault_check (IO_FLUSH) == -1)
+      return -1;
+    r = logged_pwrite (fd, buf, count, offset, true);
+    if (r != 1)
+      return r;
+    no_dsync_write = true;
   }
-  if (iolog_on ()) {
-    iolog ('W', buf, count, offset);
-    iolog ('D', NULL, count, offset);
-    pthread_mutex_unlock (&iolog_lock);
-  }
-  return 0;
+  return logged_pwrite (fd, buf, count, offset, false) == -1 ? -1 : file_sync (fd, IO_FLUSH);
 }
 
 /* copy_file_range until count bytes are copied (see internal.h). */
@@ -310,7 +298,7 @@ write_zeros (int fd, uint64_t offset, uint64_t count)
 
   while (count > 0) {
     size_t n = MIN (count, sizeof zeros);
-    if (write_all (fd, zeros, n, offset) == -1)
+    if (write_all (fd, zeros, n, offset, false) == -1)
       return -1;
     offset += n;
     count -= n;

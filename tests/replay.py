@@ -75,6 +75,7 @@ def main():
         return
     base, log, work, states, seed = sys.argv[1:6]
     ignore = '--ignore-barriers' in sys.argv
+    ignore_durable = '--ignore-durable' in sys.argv
     rnd = random.Random(int(seed))
     epochs = parse(log)
     allw = [w for e in epochs for w in e if is_write(w)]
@@ -87,7 +88,7 @@ def main():
         else:
             k = rnd.randrange(len(epochs))
             keep = [w for e in epochs[:k] for w in e if is_write(w)]
-            durable, pending = crash_state(epochs[k], rnd, '--ignore-durable' not in sys.argv)
+            durable, pending = crash_state(epochs[k], rnd, not ignore_durable)
             keep += durable
         rnd.shuffle(pending)
         with open(img, 'r+b') as f:
@@ -97,7 +98,7 @@ def main():
         # 0 clean, 3 leaks only: fine after a crash.  2 (corruptions) or 1 (check failed): not.
         if r.returncode not in (0, 3) or 'ERROR' in r.stdout + r.stderr:
             corrupt += 1
-            if not ignore and '--ignore-durable' not in sys.argv and corrupt <= 3:
+            if not ignore and not ignore_durable and corrupt <= 3:
                 sys.stderr.write('state %d:\n%s%s\n' % (s, r.stdout, r.stderr))
     print('%s states, %d corrupt' % (states, corrupt))
 
