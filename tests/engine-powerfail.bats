@@ -3,6 +3,8 @@
 # Power-fail replay: every crash state that honours the sync barriers checks clean;
 # ignoring the barriers (negative control) must produce corruption.
 
+load helpers
+
 RB_TOOL="$top_builddir/tests/rb-tool"
 
 # record OPTIONS SIZE: run a logged workload; leaves $T/base.qcow2 and $T/io.log.
@@ -49,7 +51,13 @@ sequential () {
   for i in $(seq 0 $(($4 - 1))); do
     RBLOCK_IOLOG="$T/io.log" "$RB_TOOL" write "$T/img.qcow2" $((i * $3)) "$3" $((i + 1))
   done
-  qemu-img check "$T/img.qcow2"
+  qemu_check_clean "$T/img.qcow2"
+  # The data, against what was written (qemu-io exits 1 on a pattern mismatch).
+  local reads=(-c "read -P 0 $(($4 * $3)) $(( $(qemu-img info --output=json "$T/img.qcow2" | jq '."virtual-size"') - $4 * $3 ))")
+  for i in $(seq 0 $(($4 - 1))); do
+    reads+=(-c "read -P $((i + 1)) $((i * $3)) $3")
+  done
+  qemu-io -r "${reads[@]}" "$T/img.qcow2" > /dev/null
 }
 
 # A new refcount block is written durably by itself (pwritev2 RWF_DSYNC: a 'D' record), not
