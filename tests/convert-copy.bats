@@ -220,24 +220,65 @@ raw_holes () {
   [ -z "$(ls -A "$T" | grep '\.tmp\.' || true)" ]
 }
 
-@test "rb-convert -C: a file source that shrinks under the mapping is an error naming it, not a crash" {
-  # Copied to qcow2 and raw: the scan of the mapping hits pages past the end (SIGBUS is
-  # caught, those pages are read instead) or the copy meets the end; the conversion fails.
-  # (Only the kernel's copy maps the source: -z and the default read it.)
+@test "rb-convert: a file source that shrinks under the mapping is an error naming it, not a crash" {
+  # The kernel's copy (-C) and the writes from the mapping (the default: the source is in the
+  # page cache), to qcow2 and raw, compressed too: the scan of the mapping hits pages past the
+  # end (SIGBUS is caught, those pages are read instead), the copy meets the end, or a write
+  # from the mapping meets a page that is gone (EFAULT, not "Bad address"); before the 1st,
+  # 2nd, 3rd, 5th and 8th mapping.  The conversion fails naming the input.
+  local at opt
   head -c 40M /dev/urandom > "$T/src0.raw"
-  for opt in "" -O; do
-    cp "$T/src0.raw" "$T/src.raw"
-    args=(); [ "$opt" = -z ] && args=(-z zlib); [ "$opt" = -O ] && args=(-O raw)
-    RB_SHRINK_FILE="$T/src.raw" RB_SHRINK_AT=3 RB_SHRINK_TO=1048576 \
-      LD_PRELOAD="$top_builddir/tests/.libs/shrinkshim.so${LD_PRELOAD:+ $LD_PRELOAD}" \
-      run "$RB_CONVERT" -C "${args[@]}" "$T/src.raw" "$T/out"
-    [ "$status" -eq 2 ] || { echo "$opt: status $status: $output"; false; }
-    [ "${#lines[@]}" -eq 1 ]
-    [[ "$output" == "rb-convert: $T/src.raw: "*" shr"* ]] || { echo "$opt: $output"; false; }
-    [ ! -e "$T/out" ]
-    [ -z "$(ls -A "$T" | grep '\.tmp\.' || true)" ]
-    [ "$(stat -c %s "$T/src.raw")" -eq 1048576 ]
+  for at in 1 2 3 5 8; do
+    for opt in -C "-C -O raw" "" "-O raw" "-z zlib"; do
+      cp "$T/src0.raw" "$T/src.raw"
+      # shellcheck disable=SC2086
+      RB_SHRINK_FILE="$T/src.raw" RB_SHRINK_AT=$at RB_SHRINK_TO=1048576 \
+        LD_PRELOAD="$top_builddir/tests/.libs/shrinkshim.so${LD_PRELOAD:+ $LD_PRELOAD}" \
+        run "$RB_CONVERT" $opt "$T/src.raw" "$T/out"
+      [ "$status" -eq 2 ] || { echo "$at '$opt': status $status: $output"; false; }
+      [ "${#lines[@]}" -eq 1 ]
+      [[ "$output" == "rb-convert: $T/src.raw: "*" shr"* ]] || { echo "$at '$opt': $output"; false; }
+      [ ! -e "$T/out" ]
+      [ -z "$(ls -A "$T" | grep '\.tmp\.' || true)" ]
+      [ "$(stat -c %s "$T/src.raw")" -eq 1048576 ]
+    done
   done
+}
+
+# source_calls TRACE FILE CALL: how many CALLs of FILE's descriptor (strace -y) TRACE holds
+# (mmap: the mappings of it, pread64: the reads of whole 4 MiB chunks).
+source_calls () {
+  case $3 in
+    mmap) grep -cE "mmap\(NULL, [0-9]+, PROT_READ, MAP_SHARED, [0-9]+<$2>" "$1" || true ;;
+    pread64) grep -cE "pread64\([0-9]+<$2>, .*, 4194304, [0-9]+\) = 4194304" "$1" || true ;;
+  esac
+}
+
+@test "rb-convert: a file source in the page cache is written from its mapping, one not in it is read" {
+  # In the page cache the data goes from the source's mapping to the output (no copy into a
+  # buffer: measured faster); a chunk with a page not in it is read (a read reads ahead where
+  # faults on a mapping would read page by page: measured faster).  The images are the same.
+  local fs
+  fs=$(stat -f -c %T "$T")
+  command -v fincore > /dev/null || { echo "fincore (util-linux) is needed"; false; }
+  head -c 40M /dev/urandom > "$T/src.raw"
+  dd if=/dev/zero of="$T/src.raw" bs=1M count=2 seek=9 conv=notrunc status=none
+  strace -f -qq -y -e trace=mmap,pread64 -o "$T/trace" "$RB_CONVERT" "$T/src.raw" "$T/cached.qcow2"
+  assert_same "$T/src.raw" "$T/cached.qcow2"
+  [ "$(source_calls "$T/trace" "$T/src.raw" mmap)" -eq 10 ] || { grep src.raw "$T/trace"; false; }
+  [ "$(source_calls "$T/trace" "$T/src.raw" pread64)" -eq 0 ] || { grep src.raw "$T/trace"; false; }
+  strace -f -qq -y -e trace=mmap,pread64 -o "$T/trace" "$RB_CONVERT" -O raw "$T/src.raw" "$T/cached.raw"
+  cmp "$T/src.raw" "$T/cached.raw"
+  [ "$(source_calls "$T/trace" "$T/src.raw" pread64)" -eq 0 ] || { grep src.raw "$T/trace"; false; }
+  # Out of the page cache (its clean pages dropped; tmpfs keeps them: that half needs a disk).
+  [ "$fs" != tmpfs ] || skip "$T is on tmpfs: its pages cannot leave the page cache"
+  sync "$T/src.raw"
+  python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$T/src.raw"
+  [ "$(fincore -n -b -o RES "$T/src.raw")" -lt $((1 << 20)) ] || { fincore "$T/src.raw"; false; }
+  strace -f -qq -y -e trace=mmap,pread64 -o "$T/trace" "$RB_CONVERT" "$T/src.raw" "$T/read.qcow2"
+  [ "$(source_calls "$T/trace" "$T/src.raw" pread64)" -ge 1 ] || { grep src.raw "$T/trace"; false; }
+  assert_same "$T/src.raw" "$T/read.qcow2"
+  cmp "$T/cached.qcow2" "$T/read.qcow2"
 }
 
 @test "rb-convert: a source on a full tmpfs whose clusters hold holes is read (not called shrunk, no EFAULT)" {

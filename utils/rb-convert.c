@@ -113,7 +113,8 @@ struct run {
 
 /* A chunk handed from the scanner to the writing (main) thread.  Mapped
  * chunks cost no memory: up to 16 in flight (64 MiB) absorb the scanner's
- * hiccups; chunks read into buffers: 4 (16 MiB).
+ * hiccups; chunks read into buffers: 4 (16 MiB), the buffers shared by the
+ * slots.
  */
 #define NR_SLOTS 16
 #define NR_READ_SLOTS 4
@@ -123,7 +124,8 @@ struct slot {
   uint64_t end;                    /* guest offset reached (progress) */
   struct run *runs;
   size_t nr_runs, max_runs;
-  uint8_t *buf;                    /* a read chunk (CHUNK bytes), or NULL */
+  uint8_t *buf;                    /* a read chunk: cv->bufs[buf_index]; NULL if mapped */
+  int buf_index;
   struct source_window win;        /* a mapped chunk */
   char msg[1024];                  /* the scanner failed: why (the slot is last) */
 };
@@ -135,11 +137,15 @@ struct convert {
   const struct extents *ext;
   uint64_t unit;                   /* zero-detection unit: the cluster, or -S */
   bool sparse;                     /* look for zeros (not -S 0) */
-  bool map;                        /* map a file source's chunks (the kernel copies the data) */
+  bool map;                        /* map a file source's chunks */
+  bool map_cached;                 /* ... only those in the page cache (the data is written
+                                      from the mapping, not copied by the kernel) */
   struct progress prog;
-  pthread_mutex_t lock;            /* protects the slots' ready flags */
+  pthread_mutex_t lock;            /* protects the slots' ready flags and buf_busy */
   pthread_cond_t cond;
   struct slot slots[NR_SLOTS];
+  uint8_t *bufs[NR_READ_SLOTS];    /* the read chunks' buffers (CHUNK bytes), allocated when first needed */
+  bool buf_busy[NR_READ_SLOTS];    /* held by a slot */
   unsigned nr_slots;               /* in use: NR_SLOTS or NR_READ_SLOTS */
   unsigned fill;                   /* scanner: next slot to fill (mod nr_slots) */
   struct slot *cur;                /* scanner: the slot being filled */
@@ -265,6 +271,34 @@ scan_units (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail, const 
   }
 }
 
+/* Scanner: a read buffer for slot sl (sl->buf), once one is free.  0 / -1. */
+static int
+buf_take (struct convert *cv, struct slot *sl)
+{
+  int i;
+
+  pthread_mutex_lock (&cv->lock);
+  for (;;) {
+    for (i = 0; i < NR_READ_SLOTS && cv->buf_busy[i]; i++)
+      ;
+    if (i < NR_READ_SLOTS)
+      break;
+    pthread_cond_wait (&cv->cond, &cv->lock);
+  }
+  cv->buf_busy[i] = true;
+  pthread_mutex_unlock (&cv->lock);
+  if (!cv->bufs[i] &&
+      !(cv->bufs[i] = aligned_alloc (4096, ROUND_UP_U64 (MAX_U64 (CHUNK, cv->unit), 4096)))) {
+    pthread_mutex_lock (&cv->lock);
+    cv->buf_busy[i] = false;
+    pthread_mutex_unlock (&cv->lock);
+    return rb_error (ENOMEM, "out of memory");
+  }
+  sl->buf_index = i;
+  sl->buf = cv->bufs[i];
+  return 0;
+}
+
 /* Scanner: chunk [pos, pos+n) (whole units; avail bytes of it inside the
  * source) into the current slot: mapped where the kernel copies the data
  * from a file source (the page cache, nothing copied), else (or where a
@@ -275,7 +309,7 @@ static int
 scan_chunk (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail)
 {
   struct slot *sl = cv->cur;
-  const uint8_t *p = avail == n && cv->map ? source_map (cv->src, pos, n, &sl->win) : NULL;
+  const uint8_t *p = avail == n && cv->map ? source_map (cv->src, pos, n, cv->map_cached, &sl->win) : NULL;
   size_t nr_runs = sl->nr_runs;
   struct run last = nr_runs ? sl->runs[nr_runs - 1] : (struct run) { 0 };
   int r;
@@ -290,8 +324,8 @@ scan_chunk (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail)
     if (nr_runs)
       sl->runs[nr_runs - 1] = last;
   }
-  if (!sl->buf && !(sl->buf = aligned_alloc (4096, ROUND_UP_U64 (MAX_U64 (CHUNK, cv->unit), 4096))))
-    return rb_error (ENOMEM, "out of memory");
+  if (buf_take (cv, sl) == -1)
+    return -1;
   if (source_pread (cv->src, sl->buf, avail, pos) == -1)
     return -1;
   memset (sl->buf + avail, 0, n - avail);
@@ -360,26 +394,30 @@ release_windows (struct convert *cv)
   for (i = 0; i < NR_SLOTS; i++) {
     if (source_unmap (cv->src, &cv->slots[i].win) == -1)
       r = -1;
-    free (cv->slots[i].buf);
     free (cv->slots[i].runs);
   }
+  for (i = 0; i < NR_READ_SLOTS; i++)
+    free (cv->bufs[i]);
   return r;
 }
 
 /* ---- the writing (main) thread ---- */
 
-/* Store a data run: copied in the kernel from a file where the target can,
- * else written from memory (whole units to a new qcow2, the source's bytes
- * to the others).  0 / -1.
+/* Store a data run of slot sl: copied in the kernel from a file where the
+ * target can, else written from memory (whole units to a new qcow2, the
+ * source's bytes to the others).  0 / -1.
  */
 static int
-put_data (struct convert *cv, const struct run *r)
+put_data (struct convert *cv, const struct slot *sl, const struct run *r)
 {
   int c = cv->t.can_copy ? target_copy (&cv->t, cv->src, r->off, r->len) : 1;
 
   if (c != 1)
     return c;
-  return target_write (&cv->t, r->p, r->off, cv->t.w ? r->whole : r->len);
+  if (target_write (&cv->t, r->p, r->off, cv->t.w ? r->whole : r->len) == 0)
+    return 0;
+  /* From a mapping, a page gone since the scan (the file shrank) is EFAULT. */
+  return !sl->buf && rb_errno () == EFAULT ? source_window_lost (cv->src) : -1;
 }
 
 /* Main: take the slots in order and do their runs, while the scanner fills
@@ -416,7 +454,7 @@ convert_all (struct convert *cv)
     pthread_mutex_unlock (&cv->lock);
     for (k = 0; k < sl->nr_runs; k++) {
       const struct run *r = &sl->runs[k];
-      if ((r->zero ? target_zero (&cv->t, r->off, r->len) : put_data (cv, r)) == -1)
+      if ((r->zero ? target_zero (&cv->t, r->off, r->len) : put_data (cv, sl, r)) == -1)
         fail (cv);
     }
     if (sl->msg[0]) {
@@ -426,6 +464,10 @@ convert_all (struct convert *cv)
     progress_update (&cv->prog, sl->end);
     last = sl->last;
     pthread_mutex_lock (&cv->lock);
+    if (sl->buf) {
+      cv->buf_busy[sl->buf_index] = false;
+      sl->buf = NULL;
+    }
     sl->ready = false;
     pthread_cond_broadcast (&cv->cond);
     pthread_mutex_unlock (&cv->lock);
@@ -562,7 +604,14 @@ main (int argc, char **argv)
   cv.t.no_sync = !sync;
   if (!copy_offload && !kernel_copy_pays (tmp ? tmp : output))
     cv.t.can_copy = false;
-  cv.map = cv.t.can_copy && source_file_fd (cv.src) >= 0;
+  /* A file source is mapped: the kernel copies from the file, or the data
+   * is written from the mapping, where a chunk is in the page cache
+   * (measured on ext4 from the page cache: 0.147 s against 0.157 s read
+   * into buffers, CPU 0.170 s against 0.224 s; tmpfs the same; a chunk not
+   * in the cache read so: 1.24 s against 1.53 s mapped).
+   */
+  cv.map = source_file_fd (cv.src) >= 0;
+  cv.map_cached = !cv.t.can_copy;
 
   progress_init (&cv.prog, cl.progress, cv.src->size);
   cv.ext = &ext;

@@ -353,9 +353,30 @@ on_sigbus (int sig, siginfo_t *si, void *ctx)
   raise (sig);
 }
 
-/* Map [offset, offset+count) of a regular-file source; NULL: read instead. */
+/* Whether every page of [p, p+len) (page-aligned) is in the page cache. */
+static bool
+all_cached (void *p, size_t len)
+{
+  long page = sysconf (_SC_PAGESIZE);
+  size_t n = (len + page - 1) / page, i;
+  unsigned char vec[1024];
+
+  for (i = 0; i < n; i += sizeof vec) {
+    size_t k, m = n - i < sizeof vec ? n - i : sizeof vec;
+    if (mincore ((uint8_t *) p + i * page, m * page, vec) == -1)
+      return false;
+    for (k = 0; k < m; k++)
+      if (!(vec[k] & 1))
+        return false;
+  }
+  return true;
+}
+
+/* Map [offset, offset+count) of a regular-file source (with cached, only
+ * if all of it is in the page cache); NULL: read instead.
+ */
 const uint8_t *
-source_map (struct source *s, uint64_t offset, size_t count, struct source_window *w)
+source_map (struct source *s, uint64_t offset, size_t count, bool cached, struct source_window *w)
 {
   static bool handler;
   long page = sysconf (_SC_PAGESIZE);
@@ -376,6 +397,10 @@ source_map (struct source *s, uint64_t offset, size_t count, struct source_windo
   }
   p = i < SOURCE_MAX_WINDOWS && handler
     ? mmap (NULL, len, PROT_READ, MAP_SHARED, s->fd, start) : MAP_FAILED;
+  if (p != MAP_FAILED && cached && !all_cached (p, len)) {
+    munmap (p, len);
+    p = MAP_FAILED;
+  }
   if (p != MAP_FAILED) {
     madvise (p, len, MADV_SEQUENTIAL);
     windows[i].hit = 0;
@@ -419,6 +444,12 @@ shrank (struct source *s)
   return true;
 }
 
+int
+source_window_lost (struct source *s)
+{
+  return shrank (s) ? -1 : rb_error (EIO, "%s: a page of the input could not be read", s->name);
+}
+
 /* Release a window.  -1 (naming the input) if the file shrank under one,
  * or a page of this one could not be read.
  */
@@ -428,7 +459,7 @@ source_unmap (struct source *s, struct source_window *w)
   if (!w->addr)
     return 0;
   if (window_release (w))
-    return shrank (s) ? -1 : rb_error (EIO, "%s: a page of the input could not be read", s->name);
+    return source_window_lost (s);
   return bus_hit && shrank (s) ? -1 : 0;
 }
 

@@ -115,7 +115,9 @@ int source_extents (struct source *s, uint64_t offset, uint64_t count,
  * read-only into *w: the page cache itself, nothing copied (a look for zeros
  * costs no copy, and the bytes may go to a write as they are).  NULL if the
  * source cannot be mapped (not a regular file, mmap refused, too many
- * windows): read it instead.  offset + count <= size.  At most
+ * windows) or, with cached, if a page of it is not in the page cache (a
+ * read then reads ahead where faults on the mapping would read page by
+ * page): read it instead.  offset + count <= size.  At most
  * SOURCE_MAX_WINDOWS at a time, on any threads; release each with
  * source_unmap.  If the file shrinks under a window, its pages past the new
  * end read as zeros instead of killing the process (SIGBUS), and
@@ -128,9 +130,13 @@ struct source_window {
   void *addr;                      /* page-aligned start, NULL if none */
   size_t len;
 };
-const uint8_t *source_map (struct source *s, uint64_t offset, size_t count,
+const uint8_t *source_map (struct source *s, uint64_t offset, size_t count, bool cached,
                            struct source_window *w);
 int source_unmap (struct source *s, struct source_window *w);
+/* A write from a window failed with EFAULT: a page of it is gone.  -1,
+ * naming the input: it shrank, or a page of it could not be read.
+ */
+int source_window_lost (struct source *s);
 /* After reading window w: 0 if every page could be mapped; -1 (naming the
  * input) if the file shrank; 1 if a page could not be mapped though the
  * file did not shrink (a read error, or a hole that a full tmpfs cannot give
