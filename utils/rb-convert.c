@@ -300,10 +300,11 @@ buf_take (struct convert *cv, struct slot *sl)
 }
 
 /* Scanner: chunk [pos, pos+n) (whole units; avail bytes of it inside the
- * source) into the current slot: mapped where the kernel copies the data
- * from a file source (the page cache, nothing copied), else (or where a
- * page of the mapping could not be read) read and padded with zeros; then
- * cut into runs of zero and non-zero units.  0 / -1.
+ * source) into the current slot: mapped from a file source (the page cache,
+ * nothing copied) where the kernel copies the data or the chunk is all in
+ * the page cache, else (or where a page of the mapping could not be read)
+ * read into a buffer and padded with zeros; then cut into runs of zero and
+ * non-zero units.  0 / -1.
  */
 static int
 scan_chunk (struct convert *cv, uint64_t pos, uint64_t n, uint64_t avail)
