@@ -98,7 +98,7 @@ snapshot_named (struct rb_image *img, const char *name, struct bitmap_bits **out
 }
 
 int
-rb_bitmap_list (struct rb_image *img, struct rb_bitmap_info **list, size_t *nr)
+rb_bitmap_list (struct rb_image *img, bool count, struct rb_bitmap_info **list, size_t *nr)
 {
   struct rb_bitmap_info *v;
   uint32_t i;
@@ -126,7 +126,7 @@ rb_bitmap_list (struct rb_image *img, struct rb_bitmap_info **list, size_t *nr)
       o->have_count = true;
       o->dirty_bytes = bits_dirty_bytes (b->bits, img->size);
     }
-    else if (!b->unsupported && !(b->flags & BME_FLAG_IN_USE)) {
+    else if (count && !b->unsupported && !(b->flags & BME_FLAG_IN_USE)) {
       if ((r = bits_load (img, b, &bits)) == 0) {
         o->have_count = true;
         o->dirty_bytes = bits_dirty_bytes (bits, img->size);

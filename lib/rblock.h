@@ -309,13 +309,15 @@ struct rb_bitmap_info {
   unsigned type;                   /* 1: dirty tracking */
   bool supported;                  /* rblock can read and keep it */
   bool live;                       /* kept up to date by this open image (in use on disk meanwhile) */
-  bool have_count;                 /* dirty_bytes known: supported and (live or not in use) */
+  bool have_count;                 /* dirty_bytes known: live, or counted (supported, not in use) */
   uint64_t dirty_bytes;            /* guest bytes marked dirty */
 };
 /* The image's bitmaps in directory order: *list is malloc'd (free it), *nr
- * entries.  Returns 0 / -1.
+ * entries.  With count, the dirty bytes of each stored bitmap are counted
+ * (its data read: a bad table entry is then an error); without, only those
+ * of live bitmaps (nothing read, as qemu-img info).  Returns 0 / -1.
  */
-int rb_bitmap_list (struct rb_image *img, struct rb_bitmap_info **list, size_t *nr);
+int rb_bitmap_list (struct rb_image *img, bool count, struct rb_bitmap_info **list, size_t *nr);
 /* Runs of bitmap `name` over [offset, offset+count) (clipped to the disk):
  * fn (opaque, offset, length, dirty) in order; the live state if the
  * bitmap is live.  A bitmap in use (and not live) is EBUSY, an unsupported

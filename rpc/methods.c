@@ -803,7 +803,7 @@ method_bitmaps (struct rpc_ctx *ctx, json_object *params, struct rpc_error *err)
 
   if (only_params (params, names, err) == -1)
     return NULL;
-  if (rb_bitmap_list (ctx->img, &v, &nr) == -1)
+  if (rb_bitmap_list (ctx->img, true, &v, &nr) == -1)
     return engine_error (err);
   a = json_object_new_array ();
   for (i = 0; i < nr; i++) {

@@ -31,7 +31,7 @@ qemu_dirty () {
 }
 
 # patch_bitmap IMAGE NAME FIELD VALUE: set a directory entry field (type, flags, granularity
-# bits) on disk.
+# bits) on disk, or (data) the bitmap table's first entry that points at a data cluster.
 patch_bitmap () {
   python3 - "$@" <<'PY'
 import struct, sys
@@ -48,7 +48,12 @@ f.seek(dirof); d = f.read(size); pos = 0
 while pos < size:
     nsz, esz = struct.unpack(">HI", d[pos + 18:pos + 24])
     if d[pos + 24 + esz:pos + 24 + esz + nsz] == name:
-        if field in ("type", "granularity"):
+        if field == "data":
+            toff, tsz = struct.unpack(">QI", d[pos:pos + 12])
+            f.seek(toff); ents = struct.unpack(">%dQ" % tsz, f.read(8 * tsz))
+            i = [k for k, e in enumerate(ents) if e > 1][0]
+            f.seek(toff + 8 * i); f.write(struct.pack(">Q", value))
+        elif field in ("type", "granularity"):
             f.seek(dirof + pos + (16 if field == "type" else 17)); f.write(bytes([value]))
         else:
             f.seek(dirof + pos + 12); f.write(struct.pack(">I", value))

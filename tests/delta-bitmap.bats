@@ -104,6 +104,15 @@ assert_exact_delta () {
   [ "$(qemu-img info --output=json "$T/out.qcow2" | jq -r '."format-specific".data.compat')" = 0.10 ]
 }
 
+@test "offline: another bitmap whose data cluster is outside the file does not stop the delta from b0" {
+  make_disk 16M
+  qemu-img bitmap --add "$T/new.qcow2" other
+  scribble "$T/new.qcow2" 2
+  patch_bitmap "$T/new.qcow2" other data 0x7fff0000
+  "$RB_DELTA" --bitmap b0 "$T/base.qcow2" "$T/new.qcow2" "$T/out.qcow2"
+  assert_exact_delta "$T/out.qcow2" "$T/new.qcow2" 65536
+}
+
 @test "the bitmap delta and the full-scan delta give the same guest view" {
   make_disk 32M 4096
   "$RB_DELTA" --bitmap b0 "$T/base.qcow2" "$T/new.qcow2" "$T/bm.qcow2"

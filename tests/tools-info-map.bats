@@ -5,6 +5,7 @@
 bats_require_minimum_version 1.5.0
 load helpers
 load tools-helpers
+load bitmap-helpers
 
 # The matrix, built once for the suite, in $M; $T is the test's folder.
 setup_file () { matrix_setup_file; }
@@ -199,6 +200,23 @@ read_bytes () {
     '[["enabled",65536,["in-use","auto"]],["disabled, \"quoted\"",1048576,["in-use"]]]' ]
   # (A disabled bitmap no writer touched has no flags at all: bitmap.qcow2 of the matrix.)
   [ "$("$RB_INFO" "$T/bm.qcow2")" = "$(qemu-img info "$T/bm.qcow2")" ]
+}
+
+@test "rb-info: a bitmap whose data cluster is outside the file is listed as qemu-img info lists it (its data is not read)" {
+  qemu-img create -q -f qcow2 "$T/bm.qcow2" 1G
+  qemu-img bitmap --add "$T/bm.qcow2" bad
+  qemu-img bitmap --add "$T/bm.qcow2" good
+  qemu-io -c 'write 0 1M' -c 'write 512M 1M' "$T/bm.qcow2" > /dev/null
+  patch_bitmap "$T/bm.qcow2" bad data 0x7fff0000
+  want=$(qemu-img info --output=json "$T/bm.qcow2" | jq -S .)
+  got=$("$RB_INFO" --output=json "$T/bm.qcow2" | jq -S .)
+  [ "$got" = "$want" ] || { diff <(echo "$want") <(echo "$got"); return 1; }
+  [ "$(echo "$got" | jq -c '[."format-specific".data.bitmaps[].name]')" = '["bad","good"]' ]
+  [ "$("$RB_INFO" "$T/bm.qcow2")" = "$(qemu-img info "$T/bm.qcow2")" ]
+  # Counting its dirty bytes reads the data: rb-bitmap's listing names the bad entry.
+  run "$top_builddir/utils/rb-bitmap" "$T/bm.qcow2"
+  [ "$status" -eq 2 ] && [[ "$output" == *"corrupt image: bitmap 'bad': table entry 0 "* ]] ||
+    { echo "status $status: $output"; false; }
 }
 
 @test "rb-info: an image with more than 64 internal snapshots lists them all, as qemu-img" {

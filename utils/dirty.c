@@ -91,7 +91,7 @@ check_bitmap (struct dirty_scan *ds, const char *name)
   size_t nr, i;
   int r = -1;
 
-  if (rb_bitmap_list (ds->img, &v, &nr) == -1)
+  if (rb_bitmap_list (ds->img, false, &v, &nr) == -1)
     return source_error_prefixed (ds->name);
   for (i = 0; i < nr && strcmp (v[i].name, name) != 0; i++)
     ;

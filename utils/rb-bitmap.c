@@ -113,7 +113,7 @@ list (struct rb_image *img, bool json)
   json_object *arr;
   size_t nr, i, n, j;
 
-  if (rb_bitmap_list (img, &v, &nr) == -1)
+  if (rb_bitmap_list (img, true, &v, &nr) == -1)
     die_rb ();
   if (json) {
     arr = json_object_new_array ();

@@ -93,7 +93,7 @@ bitmaps_json (struct rb_image *img)
   json_object *a;
   size_t nr, i;
 
-  if (rb_bitmap_list (img, &list, &nr) == -1)
+  if (rb_bitmap_list (img, false, &list, &nr) == -1)
     die_rb ();
   if (nr == 0) {
     free (list);
