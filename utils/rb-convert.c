@@ -285,15 +285,13 @@ buf_take (struct convert *cv, struct slot *sl)
       break;
     pthread_cond_wait (&cv->cond, &cv->lock);
   }
-  cv->buf_busy[i] = true;
+  /* Allocated on first use (at most NR_READ_SLOTS times), under the lock. */
+  if (!cv->bufs[i])
+    cv->bufs[i] = aligned_alloc (4096, ROUND_UP_U64 (MAX_U64 (CHUNK, cv->unit), 4096));
+  cv->buf_busy[i] = cv->bufs[i] != NULL;
   pthread_mutex_unlock (&cv->lock);
-  if (!cv->bufs[i] &&
-      !(cv->bufs[i] = aligned_alloc (4096, ROUND_UP_U64 (MAX_U64 (CHUNK, cv->unit), 4096)))) {
-    pthread_mutex_lock (&cv->lock);
-    cv->buf_busy[i] = false;
-    pthread_mutex_unlock (&cv->lock);
+  if (!cv->bufs[i])
     return rb_error (ENOMEM, "out of memory");
-  }
   sl->buf_index = i;
   sl->buf = cv->bufs[i];
   return 0;
